@@ -1,0 +1,49 @@
+"""ImageFeatures: what the encoder computes once per slice and the predictor caches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageFeatures:
+    """Skips f0..f3 (None where the config uses no skip) and the image embedding (B, C, 14, 14)."""
+
+    skips: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+    embedding: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.embedding.shape[0]
+
+    def _map(self, fn) -> "ImageFeatures":
+        return ImageFeatures(tuple(None if s is None else fn(s) for s in self.skips), fn(self.embedding))
+
+    def index(self, i: int) -> "ImageFeatures":
+        """Item i, keeping a batch dimension of 1."""
+        return self._map(lambda t: t[i:i + 1])
+
+    def select(self, indices: list[int] | torch.Tensor) -> "ImageFeatures":
+        """The items at these batch positions."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.embedding.device)
+        return self._map(lambda t: t.index_select(0, idx))
+
+    @staticmethod
+    def cat(items: list["ImageFeatures"]) -> "ImageFeatures":
+        """Concatenate along the batch dimension."""
+        skips = tuple(None if items[0].skips[k] is None else torch.cat([f.skips[k] for f in items])
+                      for k in range(4))
+        return ImageFeatures(skips, torch.cat([f.embedding for f in items]))
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "ImageFeatures":
+        """Move (and optionally cast) every tensor."""
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
+
+    def detach(self) -> "ImageFeatures":
+        """Detached copy (for caching)."""
+        return self._map(lambda t: t.detach())
+
+    def nbytes(self) -> int:
+        """Bytes held by all tensors."""
+        ts = [s for s in self.skips if s is not None] + [self.embedding]
+        return sum(t.numel() * t.element_size() for t in ts)

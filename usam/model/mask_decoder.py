@@ -1,0 +1,77 @@
+"""U-SAM's mask decoder: SAM two-way transformer + mask tokens + U-Net up blocks with skips."""
+from __future__ import annotations
+
+import torch
+from segment_anything.modeling import TwoWayTransformer
+from segment_anything.modeling.mask_decoder import MLP
+from torch import nn
+
+from usam.model.up_block import UpBlock
+
+
+def _head(channels: int, num_classes: int, bias: bool) -> nn.Sequential:
+    """ConvBN-like head (conv 3x3 with bias, BN, ReLU) then a 1x1 conv to class logits."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, num_classes, kernel_size=1, bias=bias),
+    )
+
+
+class UsamMaskDecoder(nn.Module):
+    """Keys as the reference's `sam.mask_decoder.*`.
+
+    SAM's output upscaling is replaced by up4/up3/up2 (to 112^2); 32 hypernetwork MLPs turn the
+    mask tokens into 32 maps @112; up1 brings them to 224 with f0; final_output gives logits.
+    lowres_output and iou_prediction_head exist in the reference but feed no loss ("dead
+    heads"); they run only when `run_dead_heads` is set (for the paper's FLOP count).
+    """
+
+    def __init__(self, transformer_dim: int, depth: int, num_heads: int, mlp_dim: int,
+                 num_mask_tokens: int, skip_channels: tuple[int, int, int, int],
+                 up_channels: tuple[int, int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c4, c3, c2, c1 = up_channels
+        s0, s1, s2, s3 = skip_channels  # 0 where a skip is not used
+        self.transformer_dim = transformer_dim
+        self.num_mask_tokens = num_mask_tokens
+        self.transformer = TwoWayTransformer(depth=depth, embedding_dim=transformer_dim,
+                                             mlp_dim=mlp_dim, num_heads=num_heads)
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(num_mask_tokens, transformer_dim)
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            [MLP(transformer_dim, transformer_dim, c2, 3) for _ in range(num_mask_tokens)])
+        self.iou_prediction_head = MLP(transformer_dim, transformer_dim, num_mask_tokens, 3)
+        self.final_output = _head(c1, num_classes, bias=False)
+        self.lowres_output = _head(num_mask_tokens, num_classes, bias=True)
+        self.up4 = UpBlock(transformer_dim, s3, c4)
+        self.up3 = UpBlock(c4, s2, c3)
+        self.up2 = UpBlock(c3, s1, c2)
+        self.up1 = UpBlock(num_mask_tokens, s0, c1)
+        self.run_dead_heads = False
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        """One prompt set per image: embeddings (B, C, h, w), sparse (B, N, C) -> logits (B, K, 224, 224)."""
+        b = image_embeddings.shape[0]
+        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+        src = image_embeddings + dense
+        pos = image_pe.expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, pos, tokens)
+        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
+        x = src.transpose(1, 2).reshape(b, c, h, w)
+        f0, f1, f2, f3 = skips
+        x = self.up4(x, f3)
+        x = self.up3(x, f2)
+        x = self.up2(x, f1)  # (B, c2, 112, 112), the "upscaled embedding"
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        _, ce, he, we = x.shape
+        masks = (hyper_in @ x.reshape(b, ce, he * we)).reshape(b, self.num_mask_tokens, he, we)
+        if self.run_dead_heads:
+            self.lowres_output(masks)
+            self.iou_prediction_head(hs[:, 0, :])
+        return self.final_output(self.up1(masks, f0))

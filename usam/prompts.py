@@ -1,0 +1,181 @@
+"""Prompt types (points with label and class, boxes) and automatic prompts from label maps.
+
+Coordinates are (x, y) = (column, row) pixel indices in the 224 model frame; pixel (slice) <->
+model-frame conversion happens only in slice_to_model / model_to_slice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from usam.errors import PromptError
+
+MODEL_SIZE = 224
+CLASSES = (1, 2)  # 1 normal rectum, 2 tumor
+
+
+def _f32(a, shape_tail: tuple[int, ...]) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).reshape((-1,) + shape_tail)
+
+
+def _i64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.int64).reshape(-1)
+
+
+@dataclass
+class Prompts:
+    """Prompts for one slice in the 224 frame; N points and M boxes (M = 1 union box or one per class)."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    point_classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    box_classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+    def __post_init__(self) -> None:
+        self.points = _f32(self.points, (2,))
+        self.point_labels = _i64(self.point_labels)
+        self.point_classes = _i64(self.point_classes)
+        self.boxes = _f32(self.boxes, (4,))
+        self.box_classes = _i64(self.box_classes)
+        if len(self.point_classes) == 0 and len(self.points):
+            self.point_classes = np.zeros(len(self.points), np.int64)
+        if len(self.box_classes) == 0 and len(self.boxes):
+            self.box_classes = np.zeros(len(self.boxes), np.int64)
+        self.validate()
+
+    @staticmethod
+    def empty() -> "Prompts":
+        """No prompt at all (the public code's default mode)."""
+        return Prompts()
+
+    @property
+    def is_empty(self) -> bool:
+        """True when there is neither a point nor a box."""
+        return len(self.points) == 0 and len(self.boxes) == 0
+
+    @property
+    def signature(self) -> tuple[int, int]:
+        """(number of points, number of boxes): prompts with equal signatures decode as one batch."""
+        return len(self.points), len(self.boxes)
+
+    def validate(self, size: int = MODEL_SIZE) -> None:
+        """Raise PromptError for inconsistent lengths, bad labels/classes or coordinates off the frame."""
+        n, m = len(self.points), len(self.boxes)
+        if len(self.point_labels) != n or len(self.point_classes) != n:
+            raise PromptError(f"{n} points but {len(self.point_labels)} labels / {len(self.point_classes)} classes")
+        if len(self.box_classes) != m:
+            raise PromptError(f"{m} boxes but {len(self.box_classes)} box classes")
+        if n and not np.isin(self.point_labels, (0, 1)).all():
+            raise PromptError("point labels must be 1 (positive) or 0 (negative)")
+        if not np.isin(self.point_classes, (0,) + CLASSES).all() or not np.isin(self.box_classes, (0,) + CLASSES).all():
+            raise PromptError("prompt classes must be 0 (unknown/union), 1 (normal rectum) or 2 (tumor)")
+        coords = np.concatenate([self.points.reshape(-1), self.boxes.reshape(-1)])
+        if coords.size and (not np.isfinite(coords).all() or coords.min() < -0.5 or coords.max() > size - 0.5):
+            raise PromptError(f"prompt coordinates must lie inside the {size}x{size} model frame")
+        if m and ((self.boxes[:, 2] < self.boxes[:, 0]) | (self.boxes[:, 3] < self.boxes[:, 1])).any():
+            raise PromptError("a box needs x0 <= x1 and y0 <= y1")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {k: getattr(self, k).tolist() for k in
+                ("points", "point_labels", "point_classes", "boxes", "box_classes")}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Prompts":
+        """Inverse of to_dict."""
+        return Prompts(**{k: d.get(k, []) for k in
+                          ("points", "point_labels", "point_classes", "boxes", "box_classes")})
+
+    def __add__(self, other: "Prompts") -> "Prompts":
+        """Points and boxes of both."""
+        return Prompts(np.concatenate([self.points, other.points]),
+                       np.concatenate([self.point_labels, other.point_labels]),
+                       np.concatenate([self.point_classes, other.point_classes]),
+                       np.concatenate([self.boxes, other.boxes]),
+                       np.concatenate([self.box_classes, other.box_classes]))
+
+
+def slice_to_model(xy, slice_shape_hw: tuple[int, int], size: int = MODEL_SIZE) -> np.ndarray:
+    """Pixel (x, y) of a slice (h, w) -> (x, y) in the 224 frame (pixel centres, as bilinear resize)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    h, w = slice_shape_hw
+    scale = np.array([size / w, size / h])
+    return ((xy.reshape(-1, 2) + 0.5) * scale - 0.5).reshape(xy.shape).astype(np.float32)
+
+
+def model_to_slice(xy, slice_shape_hw: tuple[int, int], size: int = MODEL_SIZE) -> np.ndarray:
+    """Inverse of slice_to_model."""
+    xy = np.asarray(xy, dtype=np.float64)
+    h, w = slice_shape_hw
+    scale = np.array([w / size, h / size])
+    return ((xy.reshape(-1, 2) + 0.5) * scale - 0.5).reshape(xy.shape).astype(np.float32)
+
+
+def _evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Reference test protocol: max(10, 2k) evenly spaced slots in raster order, even slots, first k."""
+    slots = np.linspace(0, n - 1, max(10, 2 * k)).round().astype(np.int64)
+    return slots[0::2][:k]
+
+
+def points_from_mask(labels2d: np.ndarray, k: int, rng: np.random.Generator | None = None,
+                     negatives: int = 0) -> Prompts:
+    """k positive points per present class (class-tagged), plus optional negative background points.
+
+    rng None: deterministic, evenly spaced in raster order (the reference test protocol);
+    otherwise uniform random pixels. Negatives come from background within the foreground's
+    bounding box grown by 10 px (far-away background tells the model nothing).
+    """
+    labels2d = np.asarray(labels2d)
+    if labels2d.ndim != 2:
+        raise PromptError(f"points_from_mask needs a 2-D label map, got shape {labels2d.shape}")
+    pts, lab, cls = [], [], []
+    for c in CLASSES:
+        rows, cols = np.nonzero(labels2d == c)  # raster order
+        if len(rows) == 0 or k <= 0:
+            continue
+        idx = _evenly_spaced(len(rows), k) if rng is None else rng.choice(len(rows), size=min(k, len(rows)), replace=False)
+        pts += list(zip(cols[idx], rows[idx]))
+        lab += [1] * len(idx)
+        cls += [c] * len(idx)
+    if negatives > 0:
+        fg = labels2d > 0
+        if fg.any():
+            rows, cols = np.nonzero(fg)
+            h, w = labels2d.shape
+            r0, r1 = max(rows.min() - 10, 0), min(rows.max() + 10, h - 1)
+            c0, c1 = max(cols.min() - 10, 0), min(cols.max() + 10, w - 1)
+            bg = np.zeros_like(fg)
+            bg[r0:r1 + 1, c0:c1 + 1] = True
+            rows, cols = np.nonzero(bg & ~fg)
+            if len(rows):
+                idx = (_evenly_spaced(len(rows), negatives) if rng is None
+                       else rng.choice(len(rows), size=min(negatives, len(rows)), replace=False))
+                pts += list(zip(cols[idx], rows[idx]))
+                lab += [0] * len(idx)
+                cls += [0] * len(idx)
+    if not pts:
+        return Prompts.empty()
+    xy = slice_to_model(np.asarray(pts, dtype=np.float64), labels2d.shape)
+    return Prompts(points=xy, point_labels=lab, point_classes=cls)
+
+
+def box_from_mask(labels2d: np.ndarray, margin: float = 2, per_class: bool = False) -> Prompts:
+    """Union box of all foreground (class 0) or one box per present class, margin in the 224 frame."""
+    labels2d = np.asarray(labels2d)
+    if labels2d.ndim != 2:
+        raise PromptError(f"box_from_mask needs a 2-D label map, got shape {labels2d.shape}")
+    groups = [(c, labels2d == c) for c in CLASSES] if per_class else [(0, labels2d > 0)]
+    boxes, classes = [], []
+    for c, m in groups:
+        if not m.any():
+            continue
+        rows, cols = np.nonzero(m)
+        corners = slice_to_model([[cols.min(), rows.min()], [cols.max(), rows.max()]], labels2d.shape)
+        box = np.concatenate([corners[0] - margin, corners[1] + margin])
+        boxes.append(np.clip(box, 0, MODEL_SIZE - 1))
+        classes.append(c)
+    if not boxes:
+        return Prompts.empty()
+    return Prompts(boxes=np.asarray(boxes, np.float32), box_classes=classes)
