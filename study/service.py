@@ -1,0 +1,525 @@
+"""The study API the UI calls. Every method takes the caller's session token first and checks
+role and ownership inside (Gradio exposes each event as an endpoint, so the UI cannot be the
+guard). Readers never receive ground truth, scores or other readers' work."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from study import ops
+from study.auth import as_utc, authenticate, open_session, resolve_token, revoke
+from study.cases import CACHE, CaseCache
+from study.db import Database, get_database
+from study.errors import AuthError, Conflict, InvalidInput, NotFound, PermissionDenied
+from study.models import (ActivityEvent, AnnotationSession, Assignment, Case, Clinician, ModelOutput,
+                          PromptEvent, SliceMask, Study, Submission, utcnow)
+from study.scoring import check_labels, decode_mask, encode_mask, score_case
+from study.timing import Event, compute_times, prompt_time
+
+PredictorFactory = Callable[[Any], Any]   # volume -> object with .predict(z, prompts) -> SliceResult
+
+
+@dataclass
+class CaseView:
+    """What a reader may know about their current case (no ground truth, no case file names)."""
+    assignment_id: int
+    arm: str
+    label: str                 # "Case 3 of 7"
+    start: int
+    end: int
+    height: int
+    width: int
+    spacing: list[float]
+    saved: list[int] = field(default_factory=list)   # slices saved so far
+    resume_z: int = 0
+    done: int = 0
+    total: int = 0
+
+
+@dataclass
+class SliceView:
+    """One slice for the reader: HU image and their own saved mask (None if never saved)."""
+    z: int
+    image: np.ndarray
+    mask: np.ndarray | None
+    source: str | None = None
+
+
+class StudyService:
+    """Observer-study API bound to one database (and optional predictor factory for AI arms)."""
+
+    def __init__(self, db: Database | None = None, cache: CaseCache | None = None,
+                 predictor_factory: PredictorFactory | None = None, model_name: str = "",
+                 checkpoint_hash: str = ""):
+        self.db = db or get_database()
+        self.cache = cache or CACHE
+        self.predictor_factory = predictor_factory
+        self.model_name = model_name
+        self.checkpoint_hash = checkpoint_hash
+        self._predictors: OrderedDict[int, Any] = OrderedDict()
+        self._plock = threading.Lock()
+
+    # ---------------------------------------------------------------- auth
+    def register(self, study_code: str, login: str, password: str, name: str = "", group: int | None = None,
+                 years: float | None = None, specialty: str = "", address: str = "") -> dict:
+        """Create a reader account with the study's registration code (group may be set later)."""
+        with self.db.session() as s:
+            study = s.scalar(select(Study).where(Study.code == (study_code or "").strip()))
+        if study is None:
+            self._failed_attempt("register:" + str(login)[:50], address)
+            raise AuthError("Unknown study code.")
+        group = None if group in (None, "", 0) else _as_int(group, "group")
+        with self.db.session() as s:
+            study = s.get(Study, study.id)
+            user = ops.add_clinician(s, login, password, "reader", name, group, years, specialty, study)
+            return {"id": user.id, "login": user.login, "group": user.group}
+
+    def _failed_attempt(self, login: str, address: str) -> None:
+        from study.auth import check_rate_limit
+        from study.models import LoginAttempt
+
+        with self.db.session() as s:
+            check_rate_limit(s, login, address)
+            s.add(LoginAttempt(login=login[:64], address=(address or "")[:64], success=False))
+
+    def login(self, login: str, password: str, address: str = "") -> str:
+        """Token for a correct login/password (rate-limited per login and per address)."""
+        with self.db.session() as s:
+            user = authenticate(s, login, password, address)
+            if user is None:
+                ops.audit(s, None, "login_failed", str(login)[:64], address=address[:64])
+        # the failed attempt above is committed before the error, so the rate limit sees it
+        if user is None:
+            raise AuthError("Wrong login or password.")
+        with self.db.session() as s:
+            user = s.get(Clinician, user.id)
+            if user.status == "dropped":
+                raise AuthError("This account was closed by the study administrator.")
+            token = open_session(s, user)
+            ops.audit(s, user.id, "login", f"clinician:{user.id}", address=address[:64])
+            return token
+
+    def logout(self, token: str) -> None:
+        """End a session (the token stops working)."""
+        with self.db.session() as s:
+            revoke(s, token)
+
+    def me(self, token: str) -> dict:
+        """The caller's own account (no hash)."""
+        with self.db.session() as s:
+            u = resolve_token(s, token)
+            return {"id": u.id, "login": u.login, "name": u.name, "role": u.role, "group": u.group,
+                    "study_id": u.study_id, "status": u.status}
+
+    def _user(self, s: Session, token: str, role: str | None = None) -> Clinician:
+        u = resolve_token(s, token)
+        if role == "admin" and u.role != "admin":
+            raise PermissionDenied("Only the study administrator can do this.")
+        if role == "reader" and u.role != "reader":
+            raise PermissionDenied("Only registered readers annotate.")
+        return u
+
+    # ---------------------------------------------------------------- reader: work list
+    def _queue(self, s: Session, user: Clinician) -> list[Assignment]:
+        study = s.get(Study, user.study_id)
+        arms = list(study.arms) if study else ["manual"]
+        rows = list(s.scalars(select(Assignment).where(Assignment.clinician_id == user.id,
+                                                       Assignment.status != "reassigned")))
+        return sorted(rows, key=lambda a: (a.reassigned_from is not None,
+                                           arms.index(a.arm) if a.arm in arms else 99, a.order, a.id))
+
+    def _current(self, s: Session, user: Clinician) -> Assignment | None:
+        queue = self._queue(s, user)
+        for a in queue:
+            if a.status == "open":
+                return a
+        for a in queue:
+            if a.status == "pending":
+                return a
+        return None
+
+    def _owned(self, s: Session, user: Clinician, assignment_id: Any, current: bool = True) -> Assignment:
+        aid = _as_int(assignment_id, "assignment")
+        a = s.get(Assignment, aid)
+        if a is None or a.clinician_id != user.id or a.status == "reassigned":
+            raise NotFound("No such assignment.")   # same answer for others' work: nothing leaks
+        if a.status == "submitted":
+            raise Conflict("This case is already submitted.")
+        if current:
+            cur = self._current(s, user)
+            if cur is None or cur.id != a.id:
+                raise PermissionDenied("Only your next assigned case can be opened.")
+        return a
+
+    def next_case(self, token: str) -> CaseView | None:
+        """The reader's current case (the open one, else the next pending), or None when done."""
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            if user.group is None:
+                raise Conflict("Your experience group is not set yet; ask the study administrator.")
+            queue = self._queue(s, user)
+            a = self._current(s, user)
+            if a is None:
+                return None
+            return self._view(s, a, queue)
+
+    def progress(self, token: str) -> dict:
+        """The reader's own counts: done and total cases."""
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            queue = self._queue(s, user)
+            return {"done": sum(a.status == "submitted" for a in queue), "total": len(queue)}
+
+    def _view(self, s: Session, a: Assignment, queue: list[Assignment]) -> CaseView:
+        case = s.get(Case, a.case_id)
+        saved = sorted(s.scalars(select(SliceMask.z).where(SliceMask.assignment_id == a.id)))
+        last = s.scalar(select(AnnotationSession.last_z).where(AnnotationSession.assignment_id == a.id,
+                                                               AnnotationSession.last_z.is_not(None))
+                        .order_by(AnnotationSession.id.desc()).limit(1))
+        resume = last if last is not None else case.start_slice
+        idx = [q.id for q in queue].index(a.id)
+        return CaseView(a.id, a.arm, f"Case {idx + 1} of {len(queue)}", case.start_slice, case.end_slice,
+                        int(case.shape[1]), int(case.shape[2]), list(case.spacing), saved, int(resume),
+                        sum(q.status == "submitted" for q in queue), len(queue))
+
+    def open_case(self, token: str, assignment_id: int) -> CaseView:
+        """Start (or resume) annotating the current case: records the 'open' event."""
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            a.status = "open"
+            sess = AnnotationSession(assignment_id=a.id, clinician_id=user.id)
+            s.add(sess)
+            s.flush()
+            s.add(ActivityEvent(assignment_id=a.id, session_id=sess.id, kind="open", active=True))
+            ops.audit(s, user.id, "open_case", f"assignment:{a.id}")
+            last = s.scalar(select(AnnotationSession.last_z).where(
+                AnnotationSession.assignment_id == a.id, AnnotationSession.last_z.is_not(None))
+                .order_by(AnnotationSession.id.desc()).limit(1))
+            sess.last_z = last
+            return self._view(s, a, self._queue(s, user))
+
+    def _case_z(self, case: Case, z: Any) -> int:
+        z = _as_int(z, "slice")
+        if not case.start_slice <= z <= case.end_slice:
+            raise InvalidInput(f"Slice {z} is outside this case's range {case.start_slice}..{case.end_slice}.")
+        return z
+
+    def get_slice(self, token: str, assignment_id: int, z: int) -> SliceView:
+        """HU slice z of the reader's current case and the reader's own saved mask."""
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            case = s.get(Case, a.case_id)
+            z = self._case_z(case, z)
+            row = s.scalar(select(SliceMask).where(SliceMask.assignment_id == a.id, SliceMask.z == z))
+            mask = decode_mask(row.data, (row.height, row.width)) if row else None
+            source = row.source if row else None
+            paths = (case.volume_path, case.gt_path, case.gt_sha256)
+        lc = self.cache.get(*paths)
+        return SliceView(z, np.asarray(lc.volume.array[z], dtype=np.float32), mask, source)
+
+    def save_slice(self, token: str, assignment_id: int, z: int, mask: np.ndarray, source: str = "manual") -> dict:
+        """Store the reader's label map of slice z (0/1/2, slice shape); overwrites their draft."""
+        if source not in ("manual", "model", "copy", "empty"):
+            raise InvalidInput("Unknown mask source.")
+        for attempt in range(2):
+            try:
+                with self.db.session() as s:
+                    user = self._user(s, token, "reader")
+                    a = self._owned(s, user, assignment_id)
+                    case = s.get(Case, a.case_id)
+                    z = self._case_z(case, z)
+                    labels = check_labels(mask, (case.shape[1], case.shape[2]))
+                    row = s.scalar(select(SliceMask).where(SliceMask.assignment_id == a.id, SliceMask.z == z))
+                    if row is None:
+                        s.add(SliceMask(assignment_id=a.id, z=z, data=encode_mask(labels), height=labels.shape[0],
+                                        width=labels.shape[1], source=source))
+                    else:
+                        row.data, row.source, row.saves, row.saved_at = encode_mask(labels), source, row.saves + 1, utcnow()
+                    sess = s.scalar(select(AnnotationSession).where(AnnotationSession.assignment_id == a.id)
+                                    .order_by(AnnotationSession.id.desc()).limit(1))
+                    if sess is not None:
+                        sess.last_z = z
+                    if a.status == "pending":
+                        a.status = "open"
+                    s.add(ActivityEvent(assignment_id=a.id, session_id=sess.id if sess else None, kind="save",
+                                        active=True, z=z))
+                    ops.audit(s, user.id, "save_slice", f"assignment:{a.id}", z=z, source=source,
+                              pixels={"normal": int((labels == 1).sum()), "tumor": int((labels == 2).sum())})
+                    return {"z": z, "saved": True}
+            except IntegrityError:      # two tabs saving the same new slice at once: retry as update
+                if attempt:
+                    raise
+
+    def heartbeat(self, token: str, assignment_id: int, visible: bool = True, had_input: bool = True,
+                  z: int | None = None) -> dict:
+        """Activity from the page: visible and with input -> active; hidden or idle -> inactive."""
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            kind = "hidden" if not visible else ("input" if had_input else "heartbeat")
+            zz = None
+            if z is not None:
+                zz = self._case_z(s.get(Case, a.case_id), z)
+            s.add(ActivityEvent(assignment_id=a.id, kind=kind, active=bool(visible and had_input), z=zz))
+            if zz is not None:
+                sess = s.scalar(select(AnnotationSession).where(AnnotationSession.assignment_id == a.id)
+                                .order_by(AnnotationSession.id.desc()).limit(1))
+                if sess is not None:
+                    sess.last_z = zz
+            return {"ok": True}
+
+    # ---------------------------------------------------------------- AI arms
+    def _predictor(self, case: Case):
+        if self.predictor_factory is None:
+            raise Conflict("No U-SAM model is configured on this server for the AI arms.")
+        with self._plock:
+            if case.id in self._predictors:
+                self._predictors.move_to_end(case.id)
+                return self._predictors[case.id]
+        lc = self.cache.get(case.volume_path, case.gt_path, case.gt_sha256)
+        pred = self.predictor_factory(lc.volume)
+        with self._plock:
+            self._predictors[case.id] = pred
+            while len(self._predictors) > 2:
+                self._predictors.popitem(last=False)
+        return pred
+
+    def predict_slice(self, token: str, assignment_id: int, z: int, points: list | None = None,
+                      box: list | None = None) -> np.ndarray:
+        """Run U-SAM on slice z with the reader's prompts (AI arms); stores prompts, output, time.
+
+        points: [(x, y, cls 1|2, positive bool, acquisition_ms)], box: (x0, y0, x1, y1, cls, ms);
+        slice pixel coordinates. The output is saved as the slice's mask (source 'model')."""
+        from usam.prompts import Prompts, slice_to_model
+
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            if a.arm not in ("usam_p", "usam_b", "ai_edit"):
+                raise PermissionDenied("This case is annotated by hand (no model in this arm).")
+            case = s.get(Case, a.case_id)
+            z = self._case_z(case, z)
+            h, w = int(case.shape[1]), int(case.shape[2])
+            pts, boxes = _check_prompts(points or [], box, h, w, a.arm)
+        prompts = Prompts.empty()
+        if pts:
+            xy = slice_to_model(np.array([[p[0], p[1]] for p in pts], dtype=np.float32), (h, w))
+            prompts = Prompts(points=np.asarray(xy, np.float32), point_labels=np.array([int(p[3]) for p in pts]),
+                              point_classes=np.array([p[2] for p in pts]), boxes=np.zeros((0, 4), np.float32),
+                              box_classes=np.zeros((0,), np.int64))
+        if boxes:
+            b = boxes[0]
+            corners = slice_to_model(np.array([[b[0], b[1]], [b[2], b[3]]], dtype=np.float32), (h, w))
+            prompts.boxes = np.asarray(corners, np.float32).reshape(1, 4)
+            prompts.box_classes = np.array([b[4]], dtype=np.int64)
+        t0 = time.perf_counter()
+        result = self._predictor(case).predict(z, prompts if (pts or boxes) else None)
+        ms = (time.perf_counter() - t0) * 1000.0
+        labels = np.asarray(result.labels, dtype=np.uint8)
+        with self.db.session() as s:
+            for p in pts:
+                s.add(PromptEvent(assignment_id=a.id, z=z, kind="point", cls=p[2], x=p[0], y=p[1], positive=p[3],
+                                  acquisition_ms=p[4], model=self.model_name, checkpoint_hash=self.checkpoint_hash))
+            for b in boxes:
+                s.add(PromptEvent(assignment_id=a.id, z=z, kind="box", cls=b[4], x=b[0], y=b[1], x2=b[2], y2=b[3],
+                                  acquisition_ms=b[5], model=self.model_name, checkpoint_hash=self.checkpoint_hash))
+            s.add(ModelOutput(assignment_id=a.id, case_id=case.id, z=z, arm=a.arm, data=encode_mask(labels),
+                              height=h, width=w, inference_ms=ms, model=self.model_name,
+                              checkpoint_hash=self.checkpoint_hash))
+            s.add(ActivityEvent(assignment_id=a.id, kind="prompt", active=True, z=z))
+        self.save_slice(token, assignment_id, z, labels, source="model")
+        return labels
+
+    # ---------------------------------------------------------------- submission
+    def submit(self, token: str, assignment_id: int) -> dict:
+        """Lock the annotation: assemble start..end, score against the locked GT, store timing.
+
+        The reader gets no scores back (they must not learn the ground truth)."""
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            case = s.get(Case, a.case_id)
+            study = s.get(Study, a.study_id)
+            masks = {r.z: decode_mask(r.data, (r.height, r.width)) for r in
+                     s.scalars(select(SliceMask).where(SliceMask.assignment_id == a.id))}
+            info = dict(case_paths=(case.volume_path, case.gt_path, case.gt_sha256), start=case.start_slice,
+                        end=case.end_slice, spacing=list(case.spacing), h=int(case.shape[1]), w=int(case.shape[2]),
+                        tol=study.nsd_tolerance_mm, idle=study.idle_threshold_s, case_id=case.id, aid=a.id,
+                        group=user.group, arm=a.arm, study_id=study.id)
+        lc = self.cache.get(*info["case_paths"])
+        n = info["end"] - info["start"] + 1
+        pred = np.zeros((n, info["h"], info["w"]), np.uint8)
+        for z, m in masks.items():
+            pred[z - info["start"]] = m
+        gt = lc.labels[info["start"]:info["end"] + 1]
+        scores = score_case(pred, gt, info["spacing"], info["tol"])   # before any write: errors change nothing
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            now = utcnow()
+            s.add(ActivityEvent(assignment_id=a.id, kind="submit", active=True, t=now))
+            s.flush()
+            events = [Event(as_utc(e.t), e.kind, e.active) for e in
+                      s.scalars(select(ActivityEvent).where(ActivityEvent.assignment_id == a.id))]
+            times = compute_times(events, info["idle"])
+            p_s = prompt_time(s.scalars(select(PromptEvent.acquisition_ms).where(PromptEvent.assignment_id == a.id)))
+            inf_s = (s.scalar(select(func.sum(ModelOutput.inference_ms)).where(ModelOutput.assignment_id == a.id))
+                     or 0.0) / 1000.0
+            rev = (s.scalar(select(func.max(Submission.revision)).where(Submission.assignment_id == a.id)) or 0) + 1
+            sub = Submission(study_id=info["study_id"], assignment_id=a.id, clinician_id=user.id,
+                             case_id=info["case_id"], group=info["group"], arm=info["arm"], revision=rev,
+                             data=encode_mask(pred), shape=list(pred.shape), active_s=times.active_s,
+                             wall_s=times.wall_s, prompt_s=p_s, inference_s=inf_s, scores=scores,
+                             gt_sha256=info["case_paths"][2], submitted_at=now)
+            s.add(sub)
+            a.status = "submitted"
+            s.flush()
+            ops.audit(s, user.id, "submit", f"assignment:{a.id}", submission=sub.id, revision=rev,
+                      slices_saved=len(masks), slices=n)
+            return {"submitted": True, "revision": rev, "slices_saved": len(masks), "slices": n}
+
+    # ---------------------------------------------------------------- admin
+    def create_study(self, token: str, name: str, **settings) -> dict:
+        """New study (admin): settings as ops.create_study (k, group_sizes, arms, seed, ...)."""
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            st = ops.create_study(s, name, actor_id=admin.id, **settings)
+            return {"id": st.id, "code": st.code}
+
+    def import_cases(self, token: str, study_id: int, folder: str) -> int:
+        """Add a folder of cases to a study and save its assignment plan (admin)."""
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            st = ops.get_study(s, _as_int(study_id, "study"))
+            return len(ops.import_cases(s, st, folder, actor_id=admin.id))
+
+    def set_group(self, token: str, clinician_id: int, group: int) -> dict:
+        """Set a reader's experience group (admin); claims their slot if they had none."""
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            u = s.get(Clinician, _as_int(clinician_id, "clinician"))
+            if u is None or u.role != "reader":
+                raise NotFound("No such reader.")
+            g = _as_int(group, "group")
+            if g not in (1, 2, 3):
+                raise InvalidInput("Experience group is 1, 2 or 3.")
+            held = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.clinician_id == u.id))
+            if held and u.group != g:
+                raise Conflict("This reader already holds assignments in another group; drop and re-register.")
+            u.group = g
+            ops.audit(s, admin.id, "set_group", f"clinician:{u.id}", group=g)
+            if not held and u.study_id:
+                ops.claim_slot(s, s.get(Study, u.study_id), u)
+            return {"id": u.id, "group": g}
+
+    def drop_reader(self, token: str, clinician_id: int) -> dict:
+        """Drop a reader (admin): their unfinished cases go to active readers of their group."""
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            u = s.get(Clinician, _as_int(clinician_id, "clinician"))
+            if u is None or u.role != "reader" or u.study_id is None:
+                raise NotFound("No such reader.")
+            m = ops.drop_reader(s, s.get(Study, u.study_id), u, admin.id)
+            return {"reassigned": sum(v is not None for v in m.values()),
+                    "unplaced": sum(v is None for v in m.values())}
+
+    def readers(self, token: str, study_id: int | None = None) -> list[dict]:
+        """Reader list with progress (admin)."""
+        with self.db.session() as s:
+            self._user(s, token, "admin")
+            st = ops.get_study(s, study_id)
+            out = []
+            for u in s.scalars(select(Clinician).where(Clinician.study_id == st.id).order_by(Clinician.id)):
+                rows = list(s.scalars(select(Assignment).where(Assignment.clinician_id == u.id,
+                                                               Assignment.status != "reassigned")))
+                out.append({"id": u.id, "login": u.login, "name": u.name, "group": u.group, "status": u.status,
+                            "years": u.years_experience, "specialty": u.specialty,
+                            "done": sum(a.status == "submitted" for a in rows), "assigned": len(rows),
+                            "simulated": u.simulated})
+            return out
+
+    def study_info(self, token: str, study_id: int | None = None) -> dict:
+        """Settings of a study incl. its registration code (admin)."""
+        with self.db.session() as s:
+            self._user(s, token, "admin")
+            st = ops.get_study(s, study_id)
+            return {"id": st.id, "name": st.name, "code": st.code, "k": st.k, "arms": st.arms,
+                    "group_sizes": st.group_sizes, "seed": st.seed, "idle_threshold_s": st.idle_threshold_s,
+                    "nsd_tolerance_mm": st.nsd_tolerance_mm, "is_demo": st.is_demo,
+                    "cases": len(ops.study_cases(s, st.id))}
+
+    def report(self, token: str, study_id: int | None = None):
+        """Table 3, per-case and reader-level views and figures (admin)."""
+        from study.report import build_report
+
+        with self.db.session() as s:
+            self._user(s, token, "admin")
+            return build_report(s, ops.get_study(s, study_id))
+
+    def export_csv(self, token: str, path: str | Path, study_id: int | None = None) -> Path:
+        """Long-format CSV of every scored annotation (admin)."""
+        from study.export import export_long_csv
+
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            st = ops.get_study(s, study_id)
+            ops.audit(s, admin.id, "export_csv", f"study:{st.id}")
+            return export_long_csv(s, st, Path(path))
+
+
+def _as_int(v: Any, what: str) -> int:
+    if isinstance(v, bool):
+        raise InvalidInput(f"Bad {what} number.")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"Bad {what} number.") from None
+    if not np.isfinite(f) or f != int(f) or abs(f) > 2**31:
+        raise InvalidInput(f"Bad {what} number.")
+    return int(f)
+
+
+def _check_prompts(points: list, box, h: int, w: int, arm: str) -> tuple[list, list]:
+    """Validate prompt tuples against the slice size (out-of-range coordinates are refused)."""
+    pts, boxes = [], []
+    if len(points) > 64:
+        raise InvalidInput("Too many points.")
+    for p in points:
+        if not isinstance(p, (list, tuple)) or len(p) < 3:
+            raise InvalidInput("A point is (x, y, class[, positive, acquisition_ms]).")
+        x, y = float(p[0]), float(p[1])
+        cls = _as_int(p[2], "class")
+        pos = bool(p[3]) if len(p) > 3 else True
+        ms = float(p[4]) if len(p) > 4 and p[4] is not None else None
+        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < w and 0 <= y < h) or cls not in (0, 1, 2):
+            raise InvalidInput("Point outside the slice or bad class.")
+        if ms is not None and not (np.isfinite(ms) and 0 <= ms <= 3_600_000):
+            raise InvalidInput("Bad prompt time.")
+        pts.append((x, y, cls, pos, ms))
+    if box is not None and len(box):
+        if len(box) < 4:
+            raise InvalidInput("A box is (x0, y0, x1, y1[, class, acquisition_ms]).")
+        x0, y0, x1, y1 = (float(v) for v in box[:4])
+        cls = _as_int(box[4], "class") if len(box) > 4 else 0
+        ms = float(box[5]) if len(box) > 5 and box[5] is not None else None
+        if not all(np.isfinite(v) for v in (x0, y0, x1, y1)) or not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise InvalidInput("Box outside the slice or empty.")
+        if ms is not None and not (np.isfinite(ms) and 0 <= ms <= 3_600_000):
+            raise InvalidInput("Bad prompt time.")
+        boxes.append((x0, y0, x1, y1, cls, ms))
+    if arm == "usam_p" and boxes:
+        raise InvalidInput("This arm uses point prompts only.")
+    if arm == "usam_b" and pts:
+        raise InvalidInput("This arm uses box prompts only.")
+    return pts, boxes
