@@ -1,0 +1,315 @@
+"""`python -m usam evaluate`: Table-2/4-style evaluation of a checkpoint on a cohort split, per
+prompt mode, in the per-case 3D protocol (default) and the public code's global slice protocol."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from usam import data as D
+from usam.errors import UsamError
+
+EVAL_PROMPTS = ("none", "points1", "points3", "points5", "box")
+PROTOCOLS = ("case3d", "reference")
+CLASS_NAMES = {1: "normal", 2: "tumor"}
+DEFAULT_NSD_MM = 2.0
+
+# predict_case(case, zs, {mode: [Prompts per slice]}) -> {mode: labels (n, h, w) at native size}
+CasePredictor = Callable[[D.CaseData, np.ndarray, dict], dict]
+# predict224(model images (n, 3, 224, 224), {mode: [Prompts]}) -> {mode: labels (n, 224, 224)}
+SlicePredictor = Callable[[torch.Tensor, dict], dict]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `python -m usam evaluate`."""
+    p.add_argument("--checkpoint", default=None, help="U-SAM checkpoint (default: flag > $USAM_CHECKPOINT > demo)")
+    p.add_argument("--data", required=True, help="cohort folder (manifest) or the public code's npz root")
+    p.add_argument("--format", default="auto", choices=["auto", "manifest", "npz"])
+    p.add_argument("--split", default="test", choices=D.SPLITS)
+    p.add_argument("--prompt", default="all", help="none, points1, points3, points5, box, a comma list, or all")
+    p.add_argument("--protocol", default="case3d", choices=PROTOCOLS + ("both",),
+                   help="case3d: per case in 3D at native resolution (logits upsampled); "
+                        "reference: the public code's global slice-level Dice/IoU at 224")
+    p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_MM, help="NSD tolerance in mm (default %(default)s)")
+    p.add_argument("--window", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="HU window (default: the checkpoint's preprocessing.window)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="npz layout: share of train/ that is val")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
+    p.add_argument("--out", default=None, help="write NAME.md, NAME.csv, NAME_cases.csv and NAME.json here")
+    p.add_argument("--name", default="eval", help="file name stem of the outputs (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_prompt_modes(text: str) -> list[str]:
+    """'all' or a comma list of evaluation prompt rows."""
+    modes = list(EVAL_PROMPTS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in EVAL_PROMPTS]
+    if bad or not modes:
+        raise UsamError(f"unknown prompt mode(s) {bad or text!r}; choose from {', '.join(EVAL_PROMPTS)} or all")
+    return modes
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def summarize_cases(per_case: list[dict], keys=("dice", "iou", "nsd", "hd95")) -> dict:
+    """Per class: mean over cases (undefined excluded); 'mean': mean of the two class means."""
+    per_class = {}
+    for c in (1, 2):
+        per_class[c] = {k: _nanmean(pc["per_class"][c][k] for pc in per_case) for k in keys}
+        per_class[c]["cases"] = sum(not math.isnan(pc["per_class"][c]["dice"]) for pc in per_case)
+    mean = {k: _nanmean(per_class[c][k] for c in (1, 2)) for k in keys}
+    return {"per_class": per_class, "mean": mean, "cases": len(per_case)}
+
+
+def evaluate_case3d(cases: Iterable[D.CaseData], predict_case: CasePredictor, modes: list[str],
+                    nsd_tolerance_mm: float = DEFAULT_NSD_MM, progress: bool = False) -> dict:
+    """Per-case 3D metrics at native resolution on each case's annotated slice range
+    (manifest rectum_start..rectum_end, else the ground truth's z extent); prompts are
+    derived deterministically from each ground-truth slice; outside the range = background."""
+    from usam.metrics import case_metrics
+
+    per_case: dict[str, list[dict]] = {m: [] for m in modes}
+    if progress:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc="case3d", unit="case", file=sys.stderr)
+    for case in cases:
+        if case.prewindowed:
+            raise UsamError("npz slices have no 3D cases or spacing: use --protocol reference")
+        region = D.eval_z_range(case.labels, case.info)
+        if region is None:
+            continue  # no foreground and no annotated range: nothing to evaluate
+        zs = np.arange(*region)
+        prompts = {m: [D.eval_prompts(case.labels[z], m) for z in zs] for m in modes}
+        preds = predict_case(case, zs, prompts)
+        for m in modes:
+            full = np.zeros_like(case.labels)
+            full[zs] = preds[m]
+            cm = case_metrics(full, case.labels, case.spacing, nsd_tolerance_mm=nsd_tolerance_mm)
+            per_case[m].append({"case_id": case.case_id, "z_range": [int(region[0]), int(region[1])],
+                                "per_class": cm["per_class"], "mean": cm["mean"]})
+    rows = {m: summarize_cases(per_case[m]) for m in modes}
+    return {"protocol": "case3d", "nsd_tolerance_mm": nsd_tolerance_mm,
+            "region": "annotated slice range (rectum_start..rectum_end) or ground-truth z extent",
+            "rows": rows, "per_case": per_case}
+
+
+def evaluate_reference(cases: Iterable[D.CaseData], predict224: SlicePredictor, modes: list[str],
+                       window: tuple[float, float], progress: bool = False) -> dict:
+    """The public code's protocol: foreground slices at 224 (labels resized nearest), argmax at
+    224, prompts from the 224 label slice, intersections and sizes summed over all slices."""
+    from usam.metrics import global_slice_metrics
+
+    pairs: dict[str, list] = {m: [] for m in modes}
+    if progress:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc="reference", unit="case", file=sys.stderr)
+    for case in cases:
+        lab = D.resize_labels(case.labels, D.MODEL_SIZE, "nearest")
+        zs = np.flatnonzero(lab.reshape(len(lab), -1).any(axis=1))  # their loader skips empty slices
+        if zs.size == 0:
+            continue
+        images = D.model_input(case.image[zs], window, case.prewindowed)
+        prompts = {m: [D.eval_prompts(lab[z], m) for z in zs] for m in modes}
+        preds = predict224(images, prompts)
+        for m in modes:
+            pairs[m] += list(zip(preds[m], lab[zs]))
+    rows = {}
+    for m in modes:
+        if not pairs[m]:
+            raise UsamError("no foreground slices to evaluate")
+        g = global_slice_metrics(pairs[m])
+        per_class = {c: {"dice": g["per_class"][c]["dice"], "iou": g["per_class"][c]["iou"], "nsd": float("nan")}
+                     for c in (1, 2)}
+        rows[m] = {"per_class": per_class, "mean": {"dice": g["mean"]["dice"], "iou": g["mean"]["iou"],
+                                                     "nsd": float("nan")}, "slices": len(pairs[m])}
+    return {"protocol": "reference", "rows": rows,
+            "note": "global slice-level Dice/IoU at 224 over foreground slices; no NSD in the public code"}
+
+
+# ----------------------------------------------------------------------------- model inference
+
+
+def model_predictors(model: torch.nn.Module, window: tuple[float, float], device: torch.device,
+                     batch_size: int = 8) -> tuple[CasePredictor, SlicePredictor]:
+    """Predict functions of a model: every slice is encoded once and decoded per prompt mode;
+    case3d labels come from bilinearly upsampled logits (usam.preprocess.logits_to_labels)."""
+    from usam.preprocess import logits_to_labels
+
+    model.eval().to(device)
+
+    @torch.no_grad()
+    def run_chunks(images: torch.Tensor, prompts: dict, out_hw: tuple[int, int] | None) -> dict:
+        out: dict[str, list] = {m: [] for m in prompts}
+        for i in range(0, images.shape[0], batch_size):
+            feats = model.encode(images[i:i + batch_size].to(device))
+            for m, plist in prompts.items():
+                logits = model.decode(feats, list(plist[i:i + batch_size])).float()
+                if out_hw is None:
+                    out[m].append(logits.argmax(1).to(torch.uint8).cpu().numpy())
+                else:
+                    out[m].append(logits_to_labels(logits, out_hw)[0])
+        return {m: np.concatenate(v) for m, v in out.items()}
+
+    def predict_case(case: D.CaseData, zs: np.ndarray, prompts: dict) -> dict:
+        images = D.model_input(case.image[zs], window, case.prewindowed)
+        return run_chunks(images, prompts, case.labels.shape[1:])
+
+    def predict224(images: torch.Tensor, prompts: dict) -> dict:
+        return run_chunks(images, prompts, None)
+
+    return predict_case, predict224
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _pct(v: float) -> str:
+    return "-" if v is None or math.isnan(v) else f"{100.0 * v:.2f}"
+
+
+def markdown_table(result: dict) -> str:
+    """Paper-style table (percent): one row per protocol and prompt mode."""
+    tol = result["nsd_tolerance_mm"]
+    head = (f"| protocol | prompt | normal Dice | normal IoU | normal NSD@{tol:g}mm | tumor Dice | tumor IoU | "
+            f"tumor NSD@{tol:g}mm | mean Dice | mean IoU | mean NSD@{tol:g}mm |")
+    lines = [head, "|" + "---|" * 11]
+    for proto, res in result["protocols"].items():
+        for mode, row in res["rows"].items():
+            cells = [proto, mode]
+            for part in (row["per_class"][1], row["per_class"][2], row["mean"]):
+                cells += [_pct(part["dice"]), _pct(part["iou"]), _pct(part["nsd"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_rows(result: dict) -> list[dict]:
+    """Summary rows: protocol, prompt, class, dice, iou, nsd (fractions, not percent)."""
+    rows = []
+    for proto, res in result["protocols"].items():
+        for mode, row in res["rows"].items():
+            for cls, part in ((CLASS_NAMES[1], row["per_class"][1]), (CLASS_NAMES[2], row["per_class"][2]),
+                              ("mean", row["mean"])):
+                rows.append({"protocol": proto, "prompt": mode, "class": cls, "dice": part["dice"],
+                             "iou": part["iou"], "nsd": part["nsd"], "nsd_tolerance_mm": result["nsd_tolerance_mm"]})
+    return rows
+
+
+def case_csv_rows(result: dict) -> list[dict]:
+    """Per-case rows of the case3d protocol (for box plots)."""
+    rows = []
+    res = result["protocols"].get("case3d")
+    if not res:
+        return rows
+    for mode, cases in res["per_case"].items():
+        for pc in cases:
+            for c in (1, 2):
+                m = pc["per_class"][c]
+                rows.append({"prompt": mode, "case_id": pc["case_id"], "class": CLASS_NAMES[c],
+                             **{k: m.get(k) for k in ("dice", "iou", "nsd", "hd95", "vol_pred_ml", "vol_gt_ml")}})
+    return rows
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return None if math.isnan(f) else (str(f) if math.isinf(f) else f)  # JSON has no nan/inf
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_reports(result: dict, out_dir: str | Path, name: str = "eval") -> list[Path]:
+    """NAME.md, NAME.csv, NAME_cases.csv and NAME.json in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}_cases.csv", out / f"{name}.json"]
+    md = [f"# Evaluation: {result['checkpoint']}", "",
+          f"Data `{result['data']}`, split `{result['split']}`, {result['cases']} cases; "
+          f"NSD tolerance {result['nsd_tolerance_mm']:g} mm; HU window {result['window']}; "
+          f"weights: {result.get('weights_kind')}.", "",
+          "case3d: per-case 3D metrics at native resolution (logits upsampled bilinearly) on the annotated "
+          "slice range, averaged over cases; reference: the public code's global slice-level Dice/IoU at 224 "
+          "over foreground slices (no NSD). Test prompts are derived deterministically from each "
+          "ground-truth slice (points evenly spaced per class, box with 2 px margin at 224).", "",
+          markdown_table(result), ""]
+    paths[0].write_text("\n".join(md))
+    for path, rows in ((paths[1], csv_rows(result)), (paths[2], case_csv_rows(result))):
+        with open(path, "w", newline="") as fh:
+            if rows:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+    paths[3].write_text(json.dumps(_jsonable(result), indent=1) + "\n")
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate; prints the Markdown table (or one JSON object with --json)."""
+    from usam.checkpoints import load_checkpoint, resolve_weights
+
+    modes = parse_prompt_modes(args.prompt)
+    protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+    fmt = D.detect_format(args.data) if args.format == "auto" else args.format
+    if fmt == "npz" and "case3d" in protocols:
+        raise UsamError("the npz layout holds single 224 slices without spacing: use --protocol reference")
+    ckpt = resolve_weights(args.checkpoint)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_checkpoint(ckpt, device=str(device))
+    window = tuple(args.window) if args.window else tuple(
+        (meta.get("preprocessing") or {}).get("window") or D.DEFAULT_WINDOW)
+    predict_case, predict224 = model_predictors(model, window, device, args.batch_size)
+    progress = not args.no_progress
+    ids = [c["case_id"] for c in D.list_cases(args.data, args.split)] if fmt == "manifest" else None
+    n_cases = len(ids) if ids is not None else len(D.list_npz_slices(args.data, args.split, args.val_fraction))
+    if args.limit:
+        n_cases = min(n_cases, args.limit)
+
+    def cases():
+        for i, case in enumerate(D.iter_cases(args.data, args.split, fmt, args.val_fraction)):
+            if args.limit and i >= args.limit:
+                return
+            yield case
+
+    result = {"checkpoint": str(ckpt), "weights_kind": meta.get("weights_kind"), "data": str(args.data),
+              "split": args.split, "cases": n_cases, "window": [float(w) for w in window],
+              "nsd_tolerance_mm": float(args.nsd_tolerance), "prompts": modes,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "protocols": {}}
+    if "case3d" in protocols:
+        result["protocols"]["case3d"] = evaluate_case3d(cases(), predict_case, modes, args.nsd_tolerance, progress)
+    if "reference" in protocols:
+        result["protocols"]["reference"] = evaluate_reference(cases(), predict224, modes, window, progress)
+    if args.out:
+        for p in write_reports(result, args.out, args.name):
+            print(f"wrote {p}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_jsonable(result)))
+    else:
+        print(f"NSD tolerance {args.nsd_tolerance:g} mm")
+        print(markdown_table(result))
+    return 0
