@@ -59,8 +59,9 @@ class StudyService:
 
     def __init__(self, db: Database | None = None, cache: CaseCache | None = None,
                  predictor_factory: PredictorFactory | None = None, model_name: str = "",
-                 checkpoint_hash: str = ""):
+                 checkpoint_hash: str = "", clock: Callable[[], Any] = utcnow):
         self.db = db or get_database()
+        self.clock = clock          # server UTC time; the simulator passes a scripted clock
         self.cache = cache or CACHE
         self.predictor_factory = predictor_factory
         self.model_name = model_name
@@ -197,10 +198,10 @@ class StudyService:
             user = self._user(s, token, "reader")
             a = self._owned(s, user, assignment_id)
             a.status = "open"
-            sess = AnnotationSession(assignment_id=a.id, clinician_id=user.id)
+            sess = AnnotationSession(assignment_id=a.id, clinician_id=user.id, opened_at=self.clock())
             s.add(sess)
             s.flush()
-            s.add(ActivityEvent(assignment_id=a.id, session_id=sess.id, kind="open", active=True))
+            s.add(ActivityEvent(assignment_id=a.id, session_id=sess.id, kind="open", active=True, t=self.clock()))
             ops.audit(s, user.id, "open_case", f"assignment:{a.id}")
             last = s.scalar(select(AnnotationSession.last_z).where(
                 AnnotationSession.assignment_id == a.id, AnnotationSession.last_z.is_not(None))
@@ -245,7 +246,7 @@ class StudyService:
                         s.add(SliceMask(assignment_id=a.id, z=z, data=encode_mask(labels), height=labels.shape[0],
                                         width=labels.shape[1], source=source))
                     else:
-                        row.data, row.source, row.saves, row.saved_at = encode_mask(labels), source, row.saves + 1, utcnow()
+                        row.data, row.source, row.saves, row.saved_at = encode_mask(labels), source, row.saves + 1, self.clock()
                     sess = s.scalar(select(AnnotationSession).where(AnnotationSession.assignment_id == a.id)
                                     .order_by(AnnotationSession.id.desc()).limit(1))
                     if sess is not None:
@@ -253,7 +254,7 @@ class StudyService:
                     if a.status == "pending":
                         a.status = "open"
                     s.add(ActivityEvent(assignment_id=a.id, session_id=sess.id if sess else None, kind="save",
-                                        active=True, z=z))
+                                        active=True, z=z, t=self.clock()))
                     ops.audit(s, user.id, "save_slice", f"assignment:{a.id}", z=z, source=source,
                               pixels={"normal": int((labels == 1).sum()), "tumor": int((labels == 2).sum())})
                     return {"z": z, "saved": True}
@@ -271,7 +272,8 @@ class StudyService:
             zz = None
             if z is not None:
                 zz = self._case_z(s.get(Case, a.case_id), z)
-            s.add(ActivityEvent(assignment_id=a.id, kind=kind, active=bool(visible and had_input), z=zz))
+            s.add(ActivityEvent(assignment_id=a.id, kind=kind, active=bool(visible and had_input), z=zz,
+                                  t=self.clock()))
             if zz is not None:
                 sess = s.scalar(select(AnnotationSession).where(AnnotationSession.assignment_id == a.id)
                                 .order_by(AnnotationSession.id.desc()).limit(1))
@@ -301,8 +303,6 @@ class StudyService:
 
         points: [(x, y, cls 1|2, positive bool, acquisition_ms)], box: (x0, y0, x1, y1, cls, ms);
         slice pixel coordinates. The output is saved as the slice's mask (source 'model')."""
-        from usam.prompts import Prompts, slice_to_model
-
         with self.db.session() as s:
             user = self._user(s, token, "reader")
             a = self._owned(s, user, assignment_id)
@@ -312,17 +312,7 @@ class StudyService:
             z = self._case_z(case, z)
             h, w = int(case.shape[1]), int(case.shape[2])
             pts, boxes = _check_prompts(points or [], box, h, w, a.arm)
-        prompts = Prompts.empty()
-        if pts:
-            xy = slice_to_model(np.array([[p[0], p[1]] for p in pts], dtype=np.float32), (h, w))
-            prompts = Prompts(points=np.asarray(xy, np.float32), point_labels=np.array([int(p[3]) for p in pts]),
-                              point_classes=np.array([p[2] for p in pts]), boxes=np.zeros((0, 4), np.float32),
-                              box_classes=np.zeros((0,), np.int64))
-        if boxes:
-            b = boxes[0]
-            corners = slice_to_model(np.array([[b[0], b[1]], [b[2], b[3]]], dtype=np.float32), (h, w))
-            prompts.boxes = np.asarray(corners, np.float32).reshape(1, 4)
-            prompts.box_classes = np.array([b[4]], dtype=np.int64)
+        prompts = _to_prompts(pts, boxes, (h, w))
         t0 = time.perf_counter()
         result = self._predictor(case).predict(z, prompts if (pts or boxes) else None)
         ms = (time.perf_counter() - t0) * 1000.0
@@ -337,7 +327,7 @@ class StudyService:
             s.add(ModelOutput(assignment_id=a.id, case_id=case.id, z=z, arm=a.arm, data=encode_mask(labels),
                               height=h, width=w, inference_ms=ms, model=self.model_name,
                               checkpoint_hash=self.checkpoint_hash))
-            s.add(ActivityEvent(assignment_id=a.id, kind="prompt", active=True, z=z))
+            s.add(ActivityEvent(assignment_id=a.id, kind="prompt", active=True, z=z, t=self.clock()))
         self.save_slice(token, assignment_id, z, labels, source="model")
         return labels
 
@@ -367,7 +357,7 @@ class StudyService:
         with self.db.session() as s:
             user = self._user(s, token, "reader")
             a = self._owned(s, user, assignment_id)
-            now = utcnow()
+            now = self.clock()
             s.add(ActivityEvent(assignment_id=a.id, kind="submit", active=True, t=now))
             s.flush()
             events = [Event(as_utc(e.t), e.kind, e.active) for e in
@@ -488,6 +478,22 @@ def _as_int(v: Any, what: str) -> int:
     if not np.isfinite(f) or f != int(f) or abs(f) > 2**31:
         raise InvalidInput(f"Bad {what} number.")
     return int(f)
+
+
+def _to_prompts(pts: list, boxes: list, hw: tuple[int, int]):
+    """Slice-pixel prompt tuples -> usam Prompts in the 224 model frame."""
+    from usam.prompts import Prompts, slice_to_model
+
+    kw = {}
+    if pts:
+        kw.update(points=slice_to_model(np.array([[p[0], p[1]] for p in pts], np.float32), hw),
+                  point_labels=np.array([int(p[3]) for p in pts], np.int64),
+                  point_classes=np.array([p[2] for p in pts], np.int64))
+    if boxes:
+        b = boxes[0]
+        corners = slice_to_model(np.array([[b[0], b[1]], [b[2], b[3]]], np.float32), hw)
+        kw.update(boxes=np.asarray(corners, np.float32).reshape(1, 4), box_classes=np.array([b[4]], np.int64))
+    return Prompts(**kw)
 
 
 def _check_prompts(points: list, box, h: int, w: int, arm: str) -> tuple[list, list]:
