@@ -79,3 +79,13 @@ def run_model_variants(db: Database, study_id: int | None, predictor_factory: Ca
             if progress:
                 progress(f"{key} {v}: mean Dice {scores['dice_mean']}")
     return n
+
+
+def default_predictor_factory(checkpoint: str | None = None, device: str = "cpu") -> Callable[[Any], Any]:
+    """volume -> VolumePredictor with the resolved weights (flag > $USAM_CHECKPOINT > demo)."""
+    from usam.checkpoints import load_checkpoint, resolve_weights
+    from usam.predictor import VolumePredictor
+
+    model, meta = load_checkpoint(resolve_weights(checkpoint), device=device)
+    model.eval()
+    return lambda volume: VolumePredictor(model, volume, meta, device=device)
