@@ -1,0 +1,32 @@
+"""U-SAM Studio entry point (local and Hugging Face Spaces): `python app.py [--host H --port P ...]`."""
+from __future__ import annotations
+
+import os
+import sys
+
+# privacy defaults before gradio is imported: no telemetry, no share links, no run history
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_SHARE", "False")
+os.environ.setdefault("GRADIO_RUN_HISTORY", "False")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags / environment, build the UI and serve it."""
+    from app.context import AppConfig, AppContext, parse_config
+
+    if os.environ.get("SPACE_ID") and "USAM_HOST" not in os.environ and argv is None:
+        # on Hugging Face Spaces the server must listen on all interfaces
+        os.environ["USAM_HOST"] = "0.0.0.0"
+    config: AppConfig = parse_config(argv)
+    ctx = AppContext(config)
+    from app.main import build_app, launch_kwargs
+
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=2)
+    print(f"U-SAM Studio on http://{config.host}:{config.port} (device {ctx.device})", flush=True)
+    demo.launch(**launch_kwargs(ctx))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Process-wide context of the app: configuration and the lazily loaded, shared U-SAM model.
+
+Contract for tabs mounted by app/main.py (e.g. app/study_tab.py: `build_study_tab(ctx)`):
+
+    ctx.config            AppConfig: host, port, checkpoint (str | None), device ('cpu'|'cuda'|...),
+                          demo_size ('small'|'full'), env (dict of USAM_* variables seen at start)
+    ctx.device            the torch device string in use
+    ctx.get_model()       -> (model, metadata): loaded once per process on first use, shared by
+                          all sessions (thread-safe); model is in eval mode on ctx.device
+    ctx.new_predictor(volume) -> usam.predictor.VolumePredictor for one session and one volume
+    ctx.weights_info()    -> WeightsInfo: kind, label, path, sha256, is_demo, note (for the page)
+    ctx.gpu(fn)           -> fn wrapped in spaces.GPU on Hugging Face ZeroGPU, else fn unchanged
+
+Nothing here imports gradio: a tab builds its own components and calls these.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+@dataclass
+class AppConfig:
+    """Start-up configuration (flags > environment > defaults)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    checkpoint: str | None = None
+    device: str = "auto"
+    demo_size: str = "small"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> AppConfig:
+    """Parse --host/--port/--checkpoint/--device with USAM_* environment fallbacks."""
+    env = dict(os.environ if environ is None else environ)
+    p = argparse.ArgumentParser(prog="app.py", description="U-SAM Studio (Gradio app)")
+    p.add_argument("--host", default=env.get("USAM_HOST", DEFAULT_HOST),
+                   help="interface to bind (env USAM_HOST; default 127.0.0.1, use 0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=int(env.get("USAM_PORT", env.get("GRADIO_SERVER_PORT", DEFAULT_PORT))),
+                   help="port (env USAM_PORT; default 7860)")
+    p.add_argument("--checkpoint", default=env.get("USAM_CHECKPOINT") or None,
+                   help="U-SAM weights (.safetensors; env USAM_CHECKPOINT; default: checkpoints/, then the demo)")
+    p.add_argument("--device", default=env.get("USAM_DEVICE", "auto"),
+                   help="torch device: auto | cpu | cuda | cuda:N (env USAM_DEVICE)")
+    p.add_argument("--demo-size", default=env.get("USAM_DEMO_SIZE", "small"), choices=("small", "full"),
+                   help="size of the generated demo phantoms (env USAM_DEMO_SIZE)")
+    a = p.parse_args(argv)
+    return AppConfig(host=a.host, port=a.port, checkpoint=a.checkpoint, device=a.device,
+                     demo_size=a.demo_size, env={k: v for k, v in env.items() if k.startswith("USAM_")})
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is present, else 'cpu'."""
+    if name and name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class WeightsInfo:
+    """What the page says about the active weights."""
+
+    kind: str            # 'demo-phantom' | 'trained' | 'sam-init' | 'reference' | 'random-init'
+    label: str           # one line for the header
+    path: str            # file name only (no local paths in the page)
+    sha256: str
+    is_demo: bool
+    note: str            # the warning shown for demo / random weights ('' otherwise)
+    config_name: str = ""
+
+
+DEMO_NOTE = ("Demo weights: this small U-SAM was trained on synthetic pelvic CT phantoms only. "
+             "Not for clinical use.")
+RANDOM_NOTE = ("Randomly initialised weights: the demo checkpoint was not found, so masks are "
+               "meaningless. For wiring and timing only. Not for clinical use.")
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_dict_sha256(model: Any) -> str:
+    """sha256 over a model's tensors (names, shapes, bytes): the hash of weights without a file."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_metadata(config: Any) -> dict[str, Any]:
+    """Checkpoint-like metadata for a randomly initialised model."""
+    return {
+        "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+        "classes": {"0": "background", "1": "normal rectum", "2": "tumor"},
+        "preprocessing": {"window": [-160.0, 240.0], "size": 224, "mean": 0.1364736, "std": 0.23238614},
+        "weights_kind": "random-init",
+        "provenance": {"data": "none (random initialisation)"},
+    }
+
+
+def _identity(fn: Callable) -> Callable:
+    return fn
+
+
+def gpu_decorator() -> Callable[[Callable], Callable]:
+    """spaces.GPU on Hugging Face ZeroGPU (only when the `spaces` package is importable)."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return _identity
+    return spaces.GPU
+
+
+class AppContext:
+    """Configuration plus the shared model; see the module docstring for the contract."""
+
+    def __init__(self, config: AppConfig | None = None, *, model: Any = None, metadata: dict | None = None,
+                 weights_path: Path | None = None):
+        self.config = config or AppConfig()
+        self.device = resolve_device(self.config.device)
+        self._lock = threading.Lock()
+        self._model = model
+        self._metadata = metadata
+        self._weights_path = weights_path
+        self._info: WeightsInfo | None = None
+        self.gpu = gpu_decorator()
+        if model is not None and metadata is None:
+            cfg = getattr(model, "config", None)
+            self._metadata = default_metadata(cfg) if cfg is not None else {"weights_kind": "random-init"}
+
+    # --- model ----------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Load the weights once: flag > env > checkpoints/ > demo; random demo model as last resort."""
+        from usam.errors import CheckpointError
+
+        path: Path | None = None
+        try:
+            from usam.checkpoints import load_checkpoint, resolve_weights
+
+            path = Path(resolve_weights(self.config.checkpoint))
+            if not path.exists():
+                raise CheckpointError(f"weights not found: {path.name}")
+            model, meta = load_checkpoint(path, device=self.device)
+            self._weights_path = path
+        except CheckpointError:
+            if self.config.checkpoint:  # the user named weights: never silently swap them
+                raise
+            model, meta = self._random_demo()
+        except ImportError:  # checkpoints module not available yet: keep the app usable
+            model, meta = self._random_demo()
+        model.eval()
+        self._model, self._metadata = model, dict(meta)
+
+    def _random_demo(self) -> tuple[Any, dict]:
+        """The demo configuration with random weights (seeded, so hashes are stable)."""
+        import torch
+
+        from usam.model import build_usam, get_config
+
+        torch.manual_seed(0)
+        cfg = get_config("demo")
+        model = build_usam(cfg).to(self.device)
+        self._weights_path = None
+        return model, default_metadata(cfg)
+
+    def get_model(self) -> tuple[Any, dict]:
+        """(model, metadata), loaded on first use and shared by every session."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._load()
+        return self._model, self._metadata
+
+    def new_predictor(self, volume: Any) -> Any:
+        """A VolumePredictor for one session's volume on the shared model."""
+        from usam.predictor import VolumePredictor
+
+        model, meta = self.get_model()
+        return VolumePredictor(model, volume, meta, device=self.device)
+
+    def weights_info(self) -> WeightsInfo:
+        """Description of the active weights (loads the model if needed)."""
+        if self._info is not None:
+            return self._info
+        model, meta = self.get_model()
+        kind = str(meta.get("weights_kind", "trained"))
+        cfg = meta.get("config") or {}
+        cfg_name = cfg.get("name", "") if isinstance(cfg, dict) else str(cfg)
+        if self._weights_path is not None and self._weights_path.exists():
+            sha, name = _file_sha256(self._weights_path), self._weights_path.name
+        else:
+            sha, name = state_dict_sha256(model), "(random initialisation)"
+        if kind == "random-init":
+            label, note, demo = f"Random U-SAM ({cfg_name or 'demo'} config), untrained", RANDOM_NOTE, True
+        elif kind == "demo-phantom":
+            label, note, demo = f"Demo U-SAM ({cfg_name or 'demo'} config) · {name}", DEMO_NOTE, True
+        else:
+            label, note, demo = f"U-SAM ({cfg_name}, {kind}) · {name}", "", False
+        self._info = WeightsInfo(kind=kind, label=label, path=name, sha256=sha, is_demo=demo, note=note,
+                                 config_name=cfg_name)
+        return self._info

@@ -1,0 +1,92 @@
+"""Fixtures of the app tests: a tiny phantom session and a fake, deterministic predictor."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.context import AppConfig, AppContext, WeightsInfo
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CKPT = ROOT / "checkpoints" / "usam_demo.safetensors"
+
+
+@dataclass
+class FakeResult:
+    labels: np.ndarray
+    probs: np.ndarray
+    encoder_ms: float
+    decoder_ms: float
+    cached: bool
+
+
+class FakePredictor:
+    """Deterministic stand-in for VolumePredictor: disks at points, filled boxes, HU rule without prompts."""
+
+    def __init__(self, volume):
+        self.volume = volume
+        self.encoder_calls = 0
+        self._seen: set[int] = set()
+
+    def predict(self, z, prompts):
+        from usam.prompts import model_to_slice
+
+        t0 = time.perf_counter()
+        hu = np.asarray(self.volume.array[z])
+        h, w = hu.shape
+        cached = z in self._seen
+        if not cached:
+            self._seen.add(z)
+            self.encoder_calls += 1
+        lab = np.zeros((h, w), np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        if prompts is None or prompts.is_empty:
+            lab[(hu > 20) & (hu < 60)] = 1  # a fixed HU band: deterministic "segmentation"
+        else:
+            for b in prompts.boxes:
+                (x0, y0), (x1, y1) = model_to_slice(b.reshape(2, 2), (h, w))
+                lab[int(np.ceil(y0)) + 1:int(y1), int(np.ceil(x0)) + 1:int(x1)] = 1
+            if len(prompts.points):
+                xy = model_to_slice(prompts.points, (h, w))
+                for (x, y), l, c in zip(xy, prompts.point_labels, prompts.point_classes):
+                    disk = (xx - x) ** 2 + (yy - y) ** 2 <= 9
+                    lab[disk] = int(c or 1) if l == 1 else 0
+        probs = np.zeros((3, h, w), np.float32)
+        return FakeResult(lab, probs, 0.0 if cached else 5.0, (time.perf_counter() - t0) * 1000, cached)
+
+
+class FakeContext(AppContext):
+    """AppContext whose predictor is FakePredictor (no torch model needed)."""
+
+    def __init__(self):
+        super().__init__(AppConfig(device="cpu", demo_size="small"), model=object(), metadata={"weights_kind": "fake"})
+
+    def new_predictor(self, volume):
+        return FakePredictor(volume)
+
+    def weights_info(self):
+        return WeightsInfo(kind="fake", label="fake", path="-", sha256="f" * 64, is_demo=True, note="fake")
+
+
+@pytest.fixture(scope="session")
+def small_case():
+    from usam.phantom import demo_case
+
+    return demo_case(0, "small")
+
+
+@pytest.fixture()
+def fake_ctx():
+    return FakeContext()
+
+
+@pytest.fixture()
+def fake_session(fake_ctx, small_case):
+    from app import handlers as H
+
+    s = H.start_session(fake_ctx, small_case.volume, "Demo phantom 1", small_case.labels)
+    yield s
+    s.close()
