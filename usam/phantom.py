@@ -51,6 +51,11 @@ def _plateau(z, lo, hi, ramp):
     return _smoothstep((z - lo) / ramp + 1.0) * _smoothstep((hi - z) / ramp + 1.0)
 
 
+def _wrap(a):
+    """Angle difference wrapped to [-pi, pi)."""
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
 def _occ(d, px):
     """Partial-volume occupancy of a pixel from the signed distance (mm, negative inside)."""
     return np.clip(0.5 - d / px, 0.0, 1.0)
@@ -83,7 +88,7 @@ def _arc_sdf(X, Y, cx, cy, radius, half_thick, a0, a1):
     """Signed distance to a circular arc band (angles a0 < a1 in radians, atan2(Y, X) convention)."""
     ang = np.arctan2(Y - cy, X - cx)
     mid, half = (a0 + a1) / 2.0, (a1 - a0) / 2.0
-    rel = np.angle(np.exp(1j * (ang - mid)))
+    rel = _wrap(ang - mid)
     rho = np.hypot(X - cx, Y - cy)
     d_band = np.abs(rho - radius) - half_thick
     # beyond the arc's ends: distance to the end caps
@@ -147,17 +152,18 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
         margin_lo = margin_hi = max(4.0, (max_slices * p["dz"] - p["rect_len"]) / 2 - 1)
     p["z_lo"], p["z_hi"] = -margin_lo, p["rect_len"] + margin_hi
     # body and pelvis
-    p["body_ax"], p["body_ay"], p["body_p"] = u(150, 182), u(108, 135), u(2.2, 3.0)
+    p["body_ax"], p["body_ay"], p["body_p"] = u(150, 182), u(105, 128), u(2.0, 2.4)
     p["body_cy"] = u(-8, 4)
     p["sc_fat"] = u(10, 38)
     p["hu_fat"], p["hu_muscle"] = u(-115, -85), u(42, 62)
     p["fh_x"], p["fh_r"] = u(82, 98), u(21, 26)
     p["fh_z"], p["fh_y"] = u(25, 55), u(-12, 6)
-    # sacrum: anterior surface Y_sa(z) = y_mid - depth * ((z - z_mid) / half)^2
-    p["coccyx_z"] = u(10, 28)
+    # sacrum: concave anterior surface, deepest near S3-S4, promontory far anterior
+    p["coccyx_z"] = u(12, 28)
     p["s1_z"] = p["coccyx_z"] + u(115, 140)
-    p["sac_depth"] = u(18, 32)
-    p["sac_ymid"] = p["body_cy"] + p["body_ay"] - u(45, 62)
+    p["sac_zdeep"] = p["coccyx_z"] + u(0.3, 0.45) * (p["s1_z"] - p["coccyx_z"])
+    p["sac_drop_lo"], p["sac_drop_hi"] = u(8, 16), u(35, 55)
+    p["sac_ydeep"] = p["body_cy"] + p["body_ay"] - u(38, 52)
     # rectum
     p["rect_gap"] = u(7, 14)           # presacral / mesorectal fat between sacrum and rectum
     p["rect_r"] = u(13, 21)
@@ -165,7 +171,7 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["rect_ecc"] = u(0.0, 0.25)
     p["rect_x0"] = u(-8, 8)
     p["sigmoid_dir"] = u(-0.3, 0.9)   # lateral drift (mostly to patient left) at the top
-    p["sigmoid_fwd"] = u(0.6, 1.6)    # anterior turn at the top
+    p["sigmoid_fwd"] = u(0.2, 0.8)    # anterior turn at the top
     p["wall"] = u(2.0, 4.5)
     p["wall_hu"] = u(32, 50)
     p["mucosa_hu"] = u(10, 25)
@@ -174,20 +180,20 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["fluid_hu"] = u(0, 25)
     # tumor
     p["has_tumor"] = bool(rng.random() >= TUMOR_FREE_FRACTION) if has_tumor is None else bool(has_tumor)
-    ext = u(20, min(65, p["rect_len"] - 10))
+    ext = u(20, min(55, p["rect_len"] - 10))
     zc = u(5 + ext / 2, p["rect_len"] - 5 - ext / 2)
     p["tumor_z"] = (float(zc - ext / 2), float(zc + ext / 2))
     p["tumor_circ"] = bool(rng.random() < 0.35)
     p["tumor_phi"] = u(-np.pi, np.pi)
-    p["tumor_halfwidth"] = u(0.9, 2.2)
-    p["tumor_thick"] = u(6, 15)
+    p["tumor_halfwidth"] = u(0.7, 1.9)
+    p["tumor_thick"] = u(4, 11)
     p["tumor_out"] = u(0.3, 0.6)
     p["tumor_hu"] = p["wall_hu"] + u(35, 65)
     p["tumor_lobes"] = [(int(k), float(u(0.1, 0.3)), float(u(0, 2 * np.pi)), float(u(-0.08, 0.08)))
                         for k in (3, 5, 7)]
     # bladder and other soft tissue
-    p["bladder"] = (u(-10, 10), u(32, 55), u(26, 42), u(24, 45))  # x, ax, ay, az
-    p["bladder_z"] = u(30, 55)
+    p["bladder"] = (u(-10, 10), u(38, 58), u(28, 45), u(28, 48))  # x, ax, ay, az
+    p["bladder_z"] = p["fh_z"] - 8 + 0.9 * p["bladder"][3]
     p["bladder_gap"] = u(6, 16)
     p["urine_hu"] = u(2, 15)
     p["male"] = bool(rng.random() < 0.5)
@@ -202,9 +208,11 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
 
 def _sacrum_front(p: dict, z):
     """Y (mm, posterior +) of the anterior sacral surface, extended below the coccyx tip."""
-    z_mid = 0.5 * (p["coccyx_z"] + p["s1_z"])
-    half = 0.5 * (p["s1_z"] - p["coccyx_z"])
-    return p["sac_ymid"] - p["sac_depth"] * ((np.asarray(z, dtype=float) - z_mid) / half) ** 2
+    z = np.asarray(z, dtype=float)
+    zd = p["sac_zdeep"]
+    lo = p["sac_drop_lo"] * ((z - zd) / (zd - p["coccyx_z"])) ** 2
+    hi = p["sac_drop_hi"] * ((z - zd) / (p["s1_z"] - zd)) ** 2
+    return p["sac_ydeep"] - np.where(z < zd, np.minimum(lo, 2.0 * p["sac_drop_lo"]), hi)
 
 
 def _rectum_centerline(p: dict, z):
@@ -232,7 +240,7 @@ def _tumor_thickness(p: dict, z: float, phi: np.ndarray) -> np.ndarray:
     if p["tumor_circ"]:
         ang = np.ones_like(phi)
     else:
-        rel = np.angle(np.exp(1j * (phi - p["tumor_phi"])))
+        rel = _wrap(phi - p["tumor_phi"])
         ang = _smoothstep((p["tumor_halfwidth"] - np.abs(rel)) / 0.45)
     lobes = 1.0
     for k, a, ph, dz in p["tumor_lobes"]:
@@ -251,7 +259,8 @@ def _texture(rng: np.random.Generator, shape, sigma) -> np.ndarray:
 def _paint_rectum(s: _Slice, p: dict, z: float, geom, tex2d, lab: np.ndarray) -> None:
     """Rectal wall, tumor and lumen of one slice, with labels 1/2 from the same geometry."""
     cx, cy, ax, ay, tx, ty = geom
-    reach = max(ax, ay) * 3.2 + p["tumor_thick"] + 10
+    stretch = min(math.sqrt(1.0 + tx * tx + ty * ty), 3.0)
+    reach = max(ax, ay) * 1.2 * stretch + p["tumor_thick"] + 6
     w = s.window(cx - reach, cx + reach, cy - reach, cy + reach)
     if w is None:
         return
@@ -325,10 +334,13 @@ def _render_slice(p: dict, z: float, xs, ys, rect_geom, tex2d, lab) -> np.ndarra
     sc = p["sc_fat"]
     d_mus = _superellipse_sdf(X, Y, 0.0, bcy + 0.1 * sc, bax - sc, bay - sc * 0.8, p["body_p"])
     s.paint(sl, d_mus, hu_mus)
-    # fat planes between gluteal muscles
-    for side in (-1, 1):
-        d_plane = _capsule_sdf(X, Y, side * 45, bcy + bay - sc - 10, side * (bax - sc - 15), bcy + 10, 1.2)
-        s.paint(sl, np.maximum(d_plane, d_mus), hu_fat)
+    # posterior midline: fat over the sacrum, the natal cleft below the coccyx
+    if z > p["coccyx_z"]:
+        y_back = float(_sacrum_front(p, z)) + 18
+        s.paint(sl, _capsule_sdf(X, Y, 0.0, y_back, 0.0, bcy + bay, 8.0), hu_fat)
+    else:
+        depth = 15 + 20 * float(_smoothstep((p["coccyx_z"] - z) / 30))
+        s.paint(sl, _capsule_sdf(X, Y, 0.0, bcy + bay, 0.0, bcy + bay - sc - depth, 2.5), hu_fat)
     # pelvic cavity: from behind the anterior abdominal wall to the sacrum
     y_sac = float(_sacrum_front(p, z))
     y_ant = bcy - bay + sc + 12
@@ -350,7 +362,7 @@ def _render_slice(p: dict, z: float, xs, ys, rect_geom, tex2d, lab) -> np.ndarra
     _paint_vessels(s, p, z)
     _paint_bladder_and_organs(s, p, z, rect_geom)
     _paint_bowel(s, p, z)
-    _paint_bones(s, p, z, y_sac)
+    _paint_bones(s, p, z, y_sac, y_ant)
     cx, cy, ax, ay = rect_geom[:4]
     if -0.001 <= z <= p["rect_len"] + 0.001:
         _paint_rectum(s, p, z, rect_geom, tex2d, lab)
@@ -424,7 +436,7 @@ def _paint_bowel(s: _Slice, p: dict, z: float) -> None:
             s.paint(sl, d, 10.0 if i % 2 else -900.0, rim=(1.5, 45.0))
 
 
-def _paint_bones(s: _Slice, p: dict, z: float, y_sac: float) -> None:
+def _paint_bones(s: _Slice, p: dict, z: float, y_sac: float, y_ant: float) -> None:
     """Sacrum/coccyx, iliac wings, acetabula, femoral heads and shafts, pubis and ischia."""
     cort, canc = 1000.0, 250.0
     cz, sz = p["coccyx_z"], p["s1_z"]
@@ -486,12 +498,12 @@ def _paint_bones(s: _Slice, p: dict, z: float, y_sac: float) -> None:
                 sl, X, Y = w
                 s.paint(sl, _ellipse_sdf(X, Y, nx, ny, 14 + 6 * (1 - t), 14), canc, rim=(2.5, cort))
         # pubic rami and symphysis (anterior), ischium (posterior) below the femoral heads
-        if fz - 30 < z < fz + 8:
-            pub_y = fy - fr - 10
-            w = s.window(min(hx, 0) - 15, max(hx, 0) + 15, pub_y - 30, fy + 10)
+        if fz - 40 < z < fz - 6:
+            pub_y = max(y_ant + 8, fy - fr - 20)
+            w = s.window(min(hx, 0) - 20, max(hx, 0) + 20, pub_y - 20, fy + 10)
             if w:
                 sl, X, Y = w
-                d = _capsule_sdf(X, Y, hx - side * (fr + 2), fy - 8, side * 6, pub_y - 14, 7)
+                d = _capsule_sdf(X, Y, hx - side * fr * 0.8, fy - fr * 0.7, side * 5, pub_y, 7)
                 s.paint(sl, d, canc, rim=(2.0, cort))
         if fz - 50 < z < fz - 5:
             ix, iy = side * (fx - 30), fy + fr + 8
@@ -511,7 +523,14 @@ def _fit_bladder(p: dict) -> None:
     front = cy - ay - p["tumor_out"] * p["tumor_thick"] * p["has_tumor"]
     k = np.sqrt(np.clip(1.0 - ((zs - p["bladder_z"]) / baz) ** 2, 0, 1))
     # bladder centre y such that centre + bay*k <= front - gap everywhere
-    p["bladder_y"] = float(np.min(front - p["bladder_gap"] - bay * k))
+    by = float(np.min(front - p["bladder_gap"] - bay * k))
+    y_front = p["body_cy"] - p["body_ay"] + p["sc_fat"] + 16  # behind the anterior abdominal wall
+    if by - bay < y_front:  # too deep for this pelvis: flatten, keeping the posterior edge
+        post = by + bay
+        bay = max((post - y_front) / 2.0, 12.0)
+        by = post - bay
+    p["bladder"] = (bx, bax, bay, baz)
+    p["bladder_y"] = by
 
 
 def _case_id(seed: int) -> str:
@@ -531,29 +550,31 @@ def generate_case(seed: int, size: str = "small", has_tumor: bool | None = None)
     zs = p["z_lo"] + dz * np.arange(nz)
     # snap so that one slice sits at z = 0 (the anorectal junction)
     zs = zs - zs[np.argmin(np.abs(zs))]
-    xs = (np.arange(n) - (n - 1) / 2.0) * px
-    ys = (np.arange(n) - (n - 1) / 2.0) * px + p["body_cy"] * 0.5 + 8.0
+    xs = ((np.arange(n) - (n - 1) / 2.0) * px).astype(np.float32)
+    ys = ((np.arange(n) - (n - 1) / 2.0) * px + p["body_cy"] * 0.5 + 8.0).astype(np.float32)
     cx, cy, ax, ay = _rectum_centerline(p, zs)
     tx = np.gradient(cx, zs)
     ty = np.gradient(cy, zs)
-    # texture for tumor / faeces: a smooth 3D field on the pixel grid of the rectum region
-    tex = _texture(rng, (nz, n, n), (1.2 / dz * 2, 2.0 / px * 1.5, 2.0 / px * 1.5)) if size == "small" else None
+    # texture for tumor / faeces: a smooth 3D field over the rectum's region only
+    stretch = np.minimum(np.sqrt(1.0 + tx ** 2 + ty ** 2), 3.0)
+    reach = float(np.max(np.maximum(ax, ay) * 1.2 * stretch)) + p["tumor_thick"] + 10
+    ix = np.searchsorted(xs, [cx.min() - reach, cx.max() + reach])
+    iy = np.searchsorted(ys, [cy.min() - reach, cy.max() + reach])
+    tex = _texture(rng, (nz, max(iy[1] - iy[0], 1), max(ix[1] - ix[0], 1)),
+                   (2.0 / dz, 3.0 / px, 3.0 / px))
     labels = np.zeros((nz, n, n), dtype=np.uint8)
     img = np.empty((nz, n, n), dtype=np.float32)
-    tex_rng = np.random.default_rng(int(seed) + 1)
     for i, z in enumerate(zs):
-        if tex is not None:
-            tex2d = tex[i]
-        else:
-            tex2d = _LazyTexture(tex_rng, (n, n), 2.0 / px * 1.5)
         geom = (cx[i], cy[i], ax[i], ay[i], tx[i], ty[i])
-        img[i] = _render_slice(p, float(z), xs, ys, geom, tex2d, labels[i])
+        img[i] = _render_slice(p, float(z), xs, ys, geom, _CropTexture(tex[i], int(iy[0]), int(ix[0])), labels[i])
     # scanner: point-spread blur, correlated noise, integer HU
-    img = ndimage.gaussian_filter(img, (0.35, 0.6, 0.6), mode="nearest")
-    noise = rng.standard_normal(img.shape, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, (0.0, 0.8, 0.8))
-    noise *= p["noise"] / max(float(noise.std()), 1e-6)
-    img += noise
+    # white noise added before the point-spread blur comes out correlated, like CT noise;
+    # its amplitude is scaled by the blur's measured noise reduction
+    psf = (0.35, 0.7, 0.7)
+    probe = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((16, 64, 64)).astype(np.float32), psf)
+    gain = 1.0 / float(probe[4:-4, 8:-8, 8:-8].std())
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(p["noise"] * gain)
+    img = ndimage.gaussian_filter(img, psf, mode="nearest")
     np.clip(img, -1024, 3071, out=img)
     img = np.round(img).astype(np.float32)
     spacing = (float(dz), float(px), float(px))
@@ -566,18 +587,21 @@ def generate_case(seed: int, size: str = "small", has_tumor: bool | None = None)
     return PhantomCase(case_id=_case_id(seed), volume=vol, labels=labels, info=info)
 
 
-class _LazyTexture:
-    """Per-slice texture computed only where indexed (keeps full-size generation fast)."""
+class _CropTexture:
+    """A texture slice stored for a crop of the full grid, indexed with full-grid slices (0 outside)."""
 
-    def __init__(self, rng, shape, sigma):
-        self.rng, self.shape, self.sigma = rng, shape, sigma
-        self.seed = int(rng.integers(0, 2**31))
+    def __init__(self, field: np.ndarray, iy0: int, ix0: int):
+        self.field, self.iy0, self.ix0 = field, iy0, ix0
 
-    def __getitem__(self, sl):
-        r = np.random.default_rng(self.seed)
-        h = sl[0].stop - sl[0].start
-        w = sl[1].stop - sl[1].start
-        return _texture(r, (h, w), self.sigma)
+    def __getitem__(self, sl) -> np.ndarray:
+        out = np.zeros((sl[0].stop - sl[0].start, sl[1].stop - sl[1].start), dtype=np.float32)
+        h, w = self.field.shape
+        y0, y1 = max(sl[0].start - self.iy0, 0), min(sl[0].stop - self.iy0, h)
+        x0, x1 = max(sl[1].start - self.ix0, 0), min(sl[1].stop - self.ix0, w)
+        if y1 > y0 and x1 > x0:
+            oy, ox = y0 + self.iy0 - sl[0].start, x0 + self.ix0 - sl[1].start
+            out[oy:oy + y1 - y0, ox:ox + x1 - x0] = self.field[y0:y1, x0:x1]
+        return out
 
 
 def _case_info(labels: np.ndarray, spacing, seed: int, p: dict) -> dict:
