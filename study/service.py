@@ -457,6 +457,18 @@ class StudyService:
             self._user(s, token, "admin")
             return build_report(s, ops.get_study(s, study_id))
 
+    def run_models(self, token: str, study_id: int | None = None) -> int:
+        """Run and score the U-SAM variants on every case (admin; needs the model)."""
+        from study.model_runs import run_model_variants
+
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            sid = ops.get_study(s, study_id).id
+            ops.audit(s, admin.id, "run_models", f"study:{sid}")
+        if self.predictor_factory is None:
+            raise Conflict("No U-SAM model is configured on this server.")
+        return run_model_variants(self.db, sid, self.predictor_factory, cache=self.cache)
+
     def export_csv(self, token: str, path: str | Path, study_id: int | None = None) -> Path:
         """Long-format CSV of every scored annotation (admin)."""
         from study.export import export_long_csv

@@ -1,0 +1,522 @@
+"""The "Observer study" tab: register / log in, annotate the assigned case slice by slice
+(red normal wall, blue tumor), AI arms, heartbeats; the admin's Table 3, figures and exports.
+
+All decisions (roles, ownership, ranges, timing, scoring) live in study.service.StudyService;
+every handler passes the caller's token on. Context attributes used (all optional):
+    ctx.study_service   a ready StudyService (tests inject one); else built from $USAM_STUDY_DB
+    ctx.new_predictor   volume -> VolumePredictor, for the AI arms
+    ctx.weights_info()  -> object with .label and .sha256 (stored with every model output)
+    (demo cohort size: $USAM_STUDY_DEMO_SIZE, default 'full' = realistic 512^2 phantoms)
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import gradio as gr
+
+from app.render import CLASS_COLORS, DEFAULT_PRESET, WINDOW_PRESETS, Window, apply_window
+from usam.errors import UsamError
+
+log = logging.getLogger("usam.study_tab")
+
+BRUSH_ALPHA = 0.6                          # strokes are see-through so the anatomy stays visible
+LAYER_ALPHA = int(255 * BRUSH_ALPHA)
+HEARTBEAT_S = 30.0
+GROUP_CHOICES = [("Group 1: novice (residents, < 5 years)", 1), ("Group 2: some surgical experience", 2),
+                 ("Group 3: highly experienced", 3)]
+CLASS_CHOICES = [("Normal rectal wall (red)", 1), ("Tumor (blue)", 2)]
+ARM_TEXT = {"manual": "Manual annotation", "usam_p": "U-SAM/P: click 3 points per class per slice, then Run U-SAM",
+            "usam_b": "U-SAM/B: click two opposite box corners, then Run U-SAM",
+            "ai_edit": "AI-assisted edit: Run U-SAM, then correct its output"}
+
+# Heartbeat from the page: visible tab? any pointer/key input since the last beat? (listeners
+# are installed on the first tick; nothing else is sent, and the server stamps the time).
+HEARTBEAT_JS = """
+(v, i, ...rest) => {
+  if (!window.__usamStudyHB) {
+    window.__usamStudyHB = true; window.__usamStudyInput = true;
+    ['pointerdown', 'keydown', 'wheel', 'pointermove'].forEach(
+      e => document.addEventListener(e, () => { window.__usamStudyInput = true; }, true));
+  }
+  const inp = !!window.__usamStudyInput; window.__usamStudyInput = false;
+  return [document.visibilityState === 'visible', inp, ...rest];
+}
+"""
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % rgb
+
+
+def grey_rgb(hu: np.ndarray, preset: str | None) -> np.ndarray:
+    """Display slice (h, w, 3) uint8 through a window preset (display only)."""
+    w, l = WINDOW_PRESETS.get(preset or DEFAULT_PRESET, WINDOW_PRESETS[DEFAULT_PRESET])
+    g = apply_window(hu, Window(w, l))
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def layer_from_labels(labels: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray:
+    """RGBA layer (h, w, 4) painting label 1 red and 2 blue, semi-transparent."""
+    out = np.zeros(tuple(hw) + (4,), np.uint8)
+    if labels is None:
+        return out
+    for c, rgb in CLASS_COLORS.items():
+        sel = labels == c
+        out[sel, :3] = rgb
+        out[sel, 3] = LAYER_ALPHA
+    return out
+
+
+def editor_value(hu: np.ndarray, labels: np.ndarray | None, preset: str | None) -> dict:
+    """ImageEditor value: windowed slice as background, the reader's labels as the one layer."""
+    return {"background": grey_rgb(hu, preset), "layers": [layer_from_labels(labels, hu.shape)],
+            "composite": None}
+
+
+def _fit(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an RGBA layer to the slice grid (the editor may rescale)."""
+    if img.shape[:2] == tuple(hw):
+        return img
+    ys = (np.arange(hw[0]) * img.shape[0] / hw[0]).astype(int)
+    xs = (np.arange(hw[1]) * img.shape[1] / hw[1]).astype(int)
+    return img[ys][:, xs]
+
+
+def labels_from_editor(value: Any, hw: tuple[int, int]) -> np.ndarray:
+    """Label map (h, w) uint8 from the editor's layers: opaque-enough red -> 1, blue -> 2.
+
+    Later layers paint over earlier ones; eraser strokes are transparent and so background."""
+    labels = np.zeros(tuple(hw), np.uint8)
+    if not isinstance(value, dict):
+        return labels
+    layers = [np.asarray(x) for x in (value.get("layers") or []) if x is not None]
+    for layer in layers:
+        if layer.ndim != 3 or layer.shape[2] < 3:
+            continue
+        layer = _fit(layer, hw)
+        alpha = layer[..., 3] if layer.shape[2] == 4 else np.full(layer.shape[:2], 255, np.uint8)
+        painted = alpha >= 64
+        r, b = layer[..., 0].astype(int), layer[..., 2].astype(int)
+        labels[painted & (r > b)] = 1
+        labels[painted & (b >= r)] = 2
+    return labels
+
+
+def _err(fn: Callable) -> Callable:
+    """Study errors -> a clear message in the page; other failures logged without arguments."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UsamError as exc:
+            raise gr.Error(str(exc), title="Not done", print_exception=False) from exc
+        except Exception as exc:
+            # the traceback only: arguments may hold passwords or tokens
+            log.error("study handler %s failed:\n%s", fn.__name__, traceback.format_exc())
+            raise gr.Error(f"Internal error ({type(exc).__name__}).", title="Internal error") from exc
+
+    return wrapper
+
+
+def _address(request: gr.Request | None) -> str:
+    try:
+        return (request.client.host or "") if request is not None and request.client else ""
+    except Exception:
+        return ""
+
+
+# ----------------------------------------------------------------------------- handlers
+class StudyTab:
+    """Handlers of the tab (plain methods: a test can call them without a browser)."""
+
+    def __init__(self, service, demo_size: str | None = None):
+        self.svc = service
+        self.demo_size = demo_size
+        self._demo_lock = threading.Lock()
+        self._demo_ready = False
+        self.demo_note = ""
+
+    # -- demo study ---------------------------------------------------------------------------
+    def ensure_study(self) -> None:
+        """Set up the 20-case phantom demo study when no study has cases (once, lazily)."""
+        if self._demo_ready:
+            return
+        from study import ops
+
+        with self._demo_lock:
+            if not self._demo_ready:
+                sid, pw_file = ops.ensure_demo_study(self.svc.db, self.demo_size)
+                if pw_file:
+                    self.demo_note = f"Demo admin password written to `{pw_file}` on the server."
+                self._demo_ready = True
+
+    def warm_up(self) -> None:
+        """Background start-up: generate the demo cohort so the first login does not wait."""
+        try:
+            self.ensure_study()
+        except Exception:
+            log.error("demo study set-up failed:\n%s", traceback.format_exc())
+
+    # -- accounts -----------------------------------------------------------------------------
+    def register(self, code, login, password, name, group, years, specialty, request: gr.Request = None):
+        """Create a reader account with the study code."""
+        self.ensure_study()
+        yrs = None if years in (None, "") else float(years)
+        grp = None if group in (None, "", 0) else int(group)
+        u = self.svc.register(code, login, password, name or "", grp, yrs, specialty or "", _address(request))
+        return f"Account **{u['login']}** created. Log in to start."
+
+    def login(self, login, password, preset, request: gr.Request = None):
+        """Log in; readers land on their current case, admins on the dashboard."""
+        self.ensure_study()
+        token = self.svc.login(login, password, _address(request))
+        me = self.svc.me(token)
+        if me["role"] == "admin":
+            return (token, None, f"Logged in as **{me['login']}** (administrator).", gr.update(visible=False),
+                    gr.update(visible=True)) + self._blank()
+        cur, outs = self._load_current(token, preset)
+        return (token, cur, f"Logged in as **{me['login']}**.", gr.update(visible=True),
+                gr.update(visible=False)) + outs
+
+    def logout(self, token):
+        """End the session: the token stops working."""
+        if token:
+            self.svc.logout(token)
+        return (None, None, "Logged out.", gr.update(visible=False), gr.update(visible=False)) + self._blank()
+
+    # -- annotation ---------------------------------------------------------------------------
+    def _blank(self) -> tuple:
+        return ("", gr.update(minimum=0, maximum=1, value=0), None, None, "")
+
+    def _load_current(self, token: str, preset: str) -> tuple[dict | None, tuple]:
+        """Open (resume) the reader's current case at its last slice."""
+        cv = self.svc.next_case(token)
+        if cv is None:
+            p = self.svc.progress(token)
+            return None, (f"All {p['total']} assigned cases are submitted. Thank you!",
+                          gr.update(minimum=0, maximum=1, value=0), None, None, "")
+        cv = self.svc.open_case(token, cv.assignment_id)
+        cur = {"aid": cv.assignment_id, "start": cv.start, "end": cv.end, "z": cv.resume_z, "arm": cv.arm,
+               "h": cv.height, "w": cv.width, "label": cv.label, "points": [], "box": [], "shown": time.time()}
+        return cur, self._show(token, cur, preset, cv)
+
+    def _info(self, cur: dict, cv=None, saved: list | None = None) -> str:
+        n = cur["end"] - cur["start"] + 1
+        text = (f"**{cur['label']}** · slices {cur['start']}–{cur['end']} ({n}) · now at slice **{cur['z']}** "
+                f"({cur['z'] - cur['start'] + 1}/{n}) · {ARM_TEXT.get(cur['arm'], cur['arm'])}")
+        if cv is not None:
+            text += f" · {len(cv.saved)} slices saved"
+        return text
+
+    def _show(self, token: str, cur: dict, preset: str, cv=None) -> tuple:
+        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
+        cur["shown"] = time.time()
+        cur["points"], cur["box"] = [], []
+        return (self._info(cur, cv), gr.update(minimum=cur["start"], maximum=max(cur["end"], cur["start"] + 1),
+                                               value=cur["z"], step=1),
+                editor_value(sv.image, sv.mask, preset), grey_rgb(sv.image, preset), self._prompt_text(cur))
+
+    def _need(self, cur) -> dict:
+        if not isinstance(cur, dict) or "aid" not in cur:
+            raise gr.Error("No case is open: log in first.", title="Not done", print_exception=False)
+        return cur
+
+    def _save(self, token, cur, editor) -> None:
+        labels = labels_from_editor(editor, (cur["h"], cur["w"]))
+        self.svc.save_slice(token, cur["aid"], cur["z"], labels, "manual" if labels.any() else "empty")
+
+    def goto(self, token, cur, editor, z, preset):
+        """Save the current slice, then show slice z (slider)."""
+        cur = self._need(cur)
+        self._save(token, cur, editor)
+        cur["z"] = int(min(max(int(z), cur["start"]), cur["end"]))
+        return (cur,) + self._show(token, cur, preset)
+
+    def step(self, token, cur, editor, preset, delta: int):
+        """Save the current slice and move by delta slices."""
+        cur = self._need(cur)
+        return self.goto(token, cur, editor, cur["z"] + delta, preset)
+
+    def copy_previous(self, token, cur, editor, preset):
+        """Load the reader's own mask of the previous slice into the editor (saved when moving on)."""
+        cur = self._need(cur)
+        if cur["z"] <= cur["start"]:
+            raise gr.Error("This is the first slice of the range.", title="Not done", print_exception=False)
+        prev = self.svc.get_slice(token, cur["aid"], cur["z"] - 1).mask
+        here = self.svc.get_slice(token, cur["aid"], cur["z"])
+        return editor_value(here.image, prev, preset)
+
+    def nothing(self, token, cur, preset):
+        """Save an empty mask for this slice ("nothing on this slice") and move on."""
+        cur = self._need(cur)
+        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
+        self.svc.save_slice(token, cur["aid"], cur["z"], np.zeros_like(sv.image, dtype=np.uint8), "empty")
+        if cur["z"] < cur["end"]:
+            cur["z"] += 1
+        return (cur,) + self._show(token, cur, preset)
+
+    def rewindow(self, token, cur, editor, preset):
+        """New window preset: same strokes on a re-windowed background."""
+        cur = self._need(cur)
+        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
+        labels = labels_from_editor(editor, (cur["h"], cur["w"]))
+        return editor_value(sv.image, labels, preset), grey_rgb(sv.image, preset)
+
+    def submit(self, token, cur, editor, preset):
+        """Save the current slice, submit the case and open the next one."""
+        cur = self._need(cur)
+        self._save(token, cur, editor)
+        res = self.svc.submit(token, cur["aid"])
+        cur2, outs = self._load_current(token, preset)
+        msg = f"Case submitted ({res['slices_saved']} of {res['slices']} slices annotated)."
+        return (cur2, msg) + outs
+
+    def heartbeat(self, visible, had_input, token, cur):
+        """Activity heartbeat from the page (ignored when no case is open)."""
+        if not token or not isinstance(cur, dict) or "aid" not in cur:
+            return
+        self.svc.heartbeat(token, cur["aid"], bool(visible), bool(had_input), cur.get("z"))
+
+    # -- AI arms --------------------------------------------------------------------------------
+    def _prompt_text(self, cur: dict) -> str:
+        if cur.get("arm") == "usam_p":
+            n = {c: sum(p[2] == c for p in cur["points"]) for c in (1, 2)}
+            return f"Points on this slice: normal {n[1]}, tumor {n[2]} (3 per present class)."
+        if cur.get("arm") == "usam_b":
+            return f"Box corners clicked: {len(cur['box'])}/2."
+        return ""
+
+    def prompt_click(self, token, cur, cls, preset, evt: gr.SelectData):
+        """A click on the prompt image: a point (U-SAM/P) or a box corner (U-SAM/B), with its time."""
+        cur = self._need(cur)
+        self.svc.me(token)                                    # refuses unauthenticated callers
+        x, y = (float(v) for v in evt.index[:2])
+        now = time.time()
+        ms = (now - cur.get("last_prompt", cur["shown"])) * 1000.0
+        cur["last_prompt"] = now
+        if cur["arm"] == "usam_b":
+            cur["box"] = (cur["box"] + [(x, y, ms)])[-2:]
+        elif cur["arm"] == "usam_p":
+            cur["points"].append((x, y, int(cls or 1), True, ms))
+        return cur, self._marked(token, cur, preset), self._prompt_text(cur)
+
+    def _marked(self, token, cur, preset) -> np.ndarray:
+        img = grey_rgb(self.svc.get_slice(token, cur["aid"], cur["z"]).image, preset).copy()
+        for p in cur["points"]:
+            y, x = int(p[1]), int(p[0])
+            img[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = CLASS_COLORS.get(p[2], (255, 255, 0))
+        if len(cur["box"]) == 2:
+            (x0, y0, _), (x1, y1, _) = cur["box"]
+            x0, x1, y0, y1 = int(min(x0, x1)), int(max(x0, x1)), int(min(y0, y1)), int(max(y0, y1))
+            img[y0:y1 + 1, [x0, x1]] = (255, 255, 0)
+            img[[y0, y1], x0:x1 + 1] = (255, 255, 0)
+        return img
+
+    def run_model(self, token, cur, preset):
+        """Run U-SAM on this slice with the clicked prompts; the output becomes the editable mask."""
+        cur = self._need(cur)
+        box = None
+        if cur["arm"] == "usam_b":
+            if len(cur["box"]) != 2:
+                raise gr.Error("Click two opposite corners of the box first.", title="Not done",
+                               print_exception=False)
+            (x0, y0, m0), (x1, y1, m1) = cur["box"]
+            box = (min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1, 0, m0 + m1)
+        labels = self.svc.predict_slice(token, cur["aid"], cur["z"], cur["points"] if cur["arm"] == "usam_p" else [],
+                                        box)
+        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
+        cur["points"], cur["box"] = [], []
+        return cur, editor_value(sv.image, labels, preset), self._prompt_text(cur)
+
+    # -- admin ----------------------------------------------------------------------------------
+    def admin_refresh(self, token):
+        """Dashboard: study settings, our Table 3 beside the paper's, reader view, figures, readers."""
+        info = self.svc.study_info(token)
+        rep = self.svc.report(token)
+        head = (f"**{info['name']}** · registration code `{info['code']}` · {info['cases']} cases · k = {info['k']} · "
+                f"planned groups {info['group_sizes']} · arms {', '.join(info['arms'])} · idle threshold "
+                f"{info['idle_threshold_s']:g} s · NSD tolerance {info['nsd_tolerance_mm']:g} mm")
+        if self.demo_note:
+            head += "\n\n" + self.demo_note
+        rv = ["| group | readers | mean Dice (reader-level) | 95% CI |", "|---|---|---|---|"]
+        for r in rep.reader_rows:
+            d = r["dice_mean"]
+            if d["readers"]:
+                rv.append(f"| {r['row']} | {d['readers']} | {100 * d['mean']:.2f} | "
+                          f"[{100 * d['lo']:.2f}, {100 * d['hi']:.2f}] |")
+        readers = [[r["id"], r["login"], r["group"], r["status"], f"{r['done']}/{r['assigned']}", r["simulated"]]
+                   for r in self.svc.readers(token)]
+        f = rep.figures
+        return (head, rep.markdown, rep.paper_markdown, "\n".join(rv), f.get("time_by_group"),
+                f.get("dice_by_case"), f.get("interobserver"), f.get("progress"), readers)
+
+    def admin_export(self, token):
+        """Long-format CSV of every scored annotation, for download."""
+        out = Path(tempfile.mkdtemp(prefix="usam_study_")) / "annotations_long.csv"
+        return str(self.svc.export_csv(token, out))
+
+    def admin_drop(self, token, reader_id):
+        """Drop a reader and re-assign their unfinished cases."""
+        r = self.svc.drop_reader(token, reader_id)
+        return f"Reader dropped: {r['reassigned']} cases re-assigned, {r['unplaced']} without a taker."
+
+    def admin_set_group(self, token, reader_id, group):
+        """Set a reader's experience group."""
+        r = self.svc.set_group(token, reader_id, group)
+        return f"Reader {r['id']} is now in group {r['group']}."
+
+    def admin_run_models(self, token):
+        """Run and score U-SAM, U-SAM/P and U-SAM/B on every case (needs the model)."""
+        n = self.svc.run_models(token)
+        return f"{n} model runs scored; refresh the report."
+
+
+def make_service(ctx: Any):
+    """The study service for this app: ctx.study_service, else one on $USAM_STUDY_DB with the app's model."""
+    svc = getattr(ctx, "study_service", None)
+    if svc is not None:
+        return svc
+    from study.db import get_database
+    from study.service import StudyService
+
+    factory = getattr(ctx, "new_predictor", None)
+    name = sha = ""
+    try:
+        info = ctx.weights_info()
+        name, sha = str(info.label)[:64], str(info.sha256)[:64]
+    except Exception:
+        pass
+    return StudyService(get_database(), predictor_factory=factory, model_name=name, checkpoint_hash=sha)
+
+
+def build_study_tab(ctx: Any) -> StudyTab:
+    """Build the tab's components and events inside the caller's gr.Tab; returns the handlers."""
+    # the study needs realistic 512^2 cases; $USAM_STUDY_DEMO_SIZE=small for quick trials
+    demo_size = os.environ.get("USAM_STUDY_DEMO_SIZE") or "full"
+    tab = StudyTab(make_service(ctx), demo_size)
+    if os.environ.get("USAM_STUDY_WARMUP", "1") == "1":
+        threading.Thread(target=tab.warm_up, daemon=True, name="study-demo-setup").start()
+    E = _err
+    presets = list(WINDOW_PRESETS)
+
+    token = gr.State(None)
+    cur = gr.State(None)
+    gr.Markdown("Observer study: annotate your assigned cases slice by slice. Time is measured on the server; "
+                "your work is saved every time you move to another slice.")
+    status = gr.Markdown(elem_id="study-status")
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Group():
+                login_in = gr.Textbox(label="Login", elem_id="study-login")
+                pw_in = gr.Textbox(label="Password", type="password", elem_id="study-password")
+                with gr.Row():
+                    login_btn = gr.Button("Log in", variant="primary")
+                    logout_btn = gr.Button("Log out")
+            with gr.Accordion("Register (study code from the administrator)", open=False):
+                code_in = gr.Textbox(label="Study code")
+                rlogin_in = gr.Textbox(label="Login")
+                rpw_in = gr.Textbox(label="Password (at least 8 characters)", type="password")
+                name_in = gr.Textbox(label="Name")
+                group_in = gr.Radio(GROUP_CHOICES, label="Experience group")
+                years_in = gr.Number(label="Years of experience", minimum=0, maximum=80)
+                spec_in = gr.Textbox(label="Specialty")
+                reg_btn = gr.Button("Register")
+            preset = gr.Radio(presets, value=DEFAULT_PRESET, label="Window preset")
+
+    with gr.Column(visible=False) as reader_panel:
+        info = gr.Markdown(elem_id="study-case-info")
+        zs = gr.Slider(0, 1, value=0, step=1, label="Slice (only the case's range)", elem_id="study-slice")
+        editor = gr.ImageEditor(
+            label="Paint: red = normal rectal wall, blue = tumor; eraser removes", type="numpy", image_mode="RGBA",
+            format="png", sources=(), transforms=(), layers=False, interactive=True,
+            brush=gr.Brush(colors=[(_hex(CLASS_COLORS[1]), BRUSH_ALPHA), (_hex(CLASS_COLORS[2]), BRUSH_ALPHA)],
+                           default_color=(_hex(CLASS_COLORS[1]), BRUSH_ALPHA), color_mode="fixed", default_size=4),
+            eraser=gr.Eraser(default_size=6), elem_id="study-editor")
+        with gr.Row():
+            prev_btn = gr.Button("◀ Save & previous")
+            next_btn = gr.Button("Save & next ▶", variant="primary")
+            copy_btn = gr.Button("Copy from previous slice")
+            none_btn = gr.Button("Nothing on this slice")
+            submit_btn = gr.Button("Submit case", variant="stop")
+        with gr.Accordion("U-SAM prompts (AI arms only)", open=False):
+            cls_in = gr.Radio(CLASS_CHOICES, value=1, label="Point class")
+            prompt_img = gr.Image(label="Click to place prompts", interactive=False, type="numpy", format="png",
+                                  elem_id="study-prompt-image")
+            prompt_info = gr.Markdown()
+            model_btn = gr.Button("Run U-SAM on this slice")
+        hb_visible = gr.Checkbox(value=True, visible=False)
+        hb_input = gr.Checkbox(value=False, visible=False)
+        timer = gr.Timer(HEARTBEAT_S)
+
+    with gr.Column(visible=False) as admin_panel:
+        refresh_btn = gr.Button("Refresh report", variant="primary")
+        a_head = gr.Markdown()
+        gr.Markdown("### Table 3 (this study)")
+        a_table = gr.Markdown()
+        gr.Markdown("### Paper's Table 3 (reference)")
+        a_paper = gr.Markdown()
+        gr.Markdown("### Reader-level view")
+        a_readerview = gr.Markdown()
+        with gr.Row():
+            f_time = gr.Plot(label="Time per case by group")
+            f_dice = gr.Plot(label="Dice per case")
+        with gr.Row():
+            f_inter = gr.Plot(label="Inter-observer agreement")
+            f_prog = gr.Plot(label="Progress")
+        readers_df = gr.Dataframe(headers=["id", "login", "group", "status", "done", "simulated"],
+                                  interactive=False, label="Readers")
+        with gr.Row():
+            rid_in = gr.Number(label="Reader id", precision=0)
+            rgroup_in = gr.Radio([1, 2, 3], label="Group")
+            setg_btn = gr.Button("Set group")
+            drop_btn = gr.Button("Drop reader (re-assign unfinished)", variant="stop")
+        with gr.Row():
+            export_btn = gr.Button("Export long CSV")
+            models_btn = gr.Button("Run U-SAM variants on all cases")
+        export_file = gr.File(label="Export", interactive=False)
+        a_status = gr.Markdown()
+
+    CASE = [info, zs, editor, prompt_img, prompt_info]
+    reg_btn.click(E(tab.register), [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in], [status],
+                  api_name="study_register")
+    login_btn.click(E(tab.login), [login_in, pw_in, preset],
+                    [token, cur, status, reader_panel, admin_panel] + CASE, api_name="study_login")
+    logout_btn.click(E(tab.logout), [token], [token, cur, status, reader_panel, admin_panel] + CASE,
+                     api_name="study_logout")
+    zs.release(E(tab.goto), [token, cur, editor, zs, preset], [cur] + CASE, api_name="study_goto")
+    next_btn.click(E(lambda t, c, e, p: tab.step(t, c, e, p, +1)), [token, cur, editor, preset], [cur] + CASE,
+                   api_name="study_next")
+    prev_btn.click(E(lambda t, c, e, p: tab.step(t, c, e, p, -1)), [token, cur, editor, preset], [cur] + CASE,
+                   api_name="study_previous")
+    copy_btn.click(E(tab.copy_previous), [token, cur, editor, preset], [editor], api_name="study_copy_previous")
+    none_btn.click(E(tab.nothing), [token, cur, preset], [cur] + CASE, api_name="study_nothing")
+    preset.change(E(lambda t, c, e, p: tab.rewindow(t, c, e, p) if isinstance(c, dict) else (gr.skip(), gr.skip())),
+                  [token, cur, editor, preset], [editor, prompt_img], api_name="study_window")
+    submit_btn.click(E(tab.submit), [token, cur, editor, preset], [cur, status] + CASE, api_name="study_submit")
+    timer.tick(E(tab.heartbeat), [hb_visible, hb_input, token, cur], None, js=HEARTBEAT_JS,
+               api_name="study_heartbeat", show_progress="hidden")
+    prompt_img.select(E(tab.prompt_click), [token, cur, cls_in, preset], [cur, prompt_img, prompt_info],
+                      api_name="study_prompt")
+    model_btn.click(E(tab.run_model), [token, cur, preset], [cur, editor, prompt_info], api_name="study_run_model")
+    refresh_btn.click(E(tab.admin_refresh), [token],
+                      [a_head, a_table, a_paper, a_readerview, f_time, f_dice, f_inter, f_prog, readers_df],
+                      api_name="study_admin_report")
+    export_btn.click(E(tab.admin_export), [token], [export_file], api_name="study_admin_export")
+    drop_btn.click(E(tab.admin_drop), [token, rid_in], [a_status], api_name="study_admin_drop")
+    setg_btn.click(E(tab.admin_set_group), [token, rid_in, rgroup_in], [a_status], api_name="study_admin_set_group")
+    models_btn.click(E(tab.admin_run_models), [token], [a_status], api_name="study_admin_run_models")
+    return tab
