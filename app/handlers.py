@@ -390,14 +390,14 @@ def timing_text(s: Session, server_ms: float | None = None) -> str:
     parts = [f"slice {t['z']}", f"decoder **{t['decoder_ms']:.1f} ms**", enc]
     if server_ms is not None:
         parts.append(f"server total {server_ms:.0f} ms")
-    return "⏱ " + " · ".join(parts)
+    return "Server time: " + " · ".join(parts)
 
 
 def slice_status(s: Session) -> str:
     """Slice number, lock state and prompt count."""
     z = s.z
     n = len(s.prompts(z))
-    lock = " · 🔒 corrected (kept by batch runs)" if s.locked(z) else ""
+    lock = " · **corrected, locked** (batch runs keep it)" if s.locked(z) else ""
     return f"Slice **{z}** of {s.nz - 1}{lock} · {n} prompt{'s' if n != 1 else ''} on this slice"
 
 

@@ -47,6 +47,8 @@ VIEWER_CSS = """
 .uv-canvas { display: block; cursor: crosshair; touch-action: none; }
 .uv-hud { position: absolute; color: #e5e7eb; font-size: 12px; line-height: 1.35; pointer-events: none;
   text-shadow: 0 1px 2px #000; font-variant-numeric: tabular-nums; }
+.uv-lock { background: rgba(234,179,8,.9); color: #111; font-weight: 600; font-size: 10.5px; padding: 1px 6px;
+  border-radius: 6px; letter-spacing: .03em; display: inline-block; margin-bottom: 3px; }
 .uv-tl { top: 8px; left: 10px; } .uv-tr { top: 8px; right: 10px; text-align: right; }
 .uv-bl { bottom: 8px; left: 10px; } .uv-br { bottom: 8px; right: 10px; color: #6b7280; font-size: 11px; }
 .uv-ori { position: absolute; color: #fbbf24; font-size: 12px; font-weight: 600; pointer-events: none; opacity: .8; }
@@ -160,7 +162,7 @@ function hud() {
   const z = navTarget !== null ? navTarget : data.z;
   element.querySelector('.uv-tl').innerHTML = 'Axial <b>' + z + '</b> / ' + (data.nz - 1) +
     '<br>W ' + Math.round(data.window[0]) + ' · L ' + Math.round(data.window[1]);
-  element.querySelector('.uv-tr').innerHTML = (data.locked ? '🔒 corrected<br>' : '') +
+  element.querySelector('.uv-tr').innerHTML = (data.locked ? '<span class="uv-lock">CORRECTED · LOCKED</span><br>' : '') +
     (data.mode === 'box' ? 'Box mode' : (data.mode === 'neg' ? 'Negative point' : 'Positive point')) +
     (data.mode === 'box' ? '' : (data.cls === 2 ? ' · tumor' : ' · normal rectum'));
   element.querySelector('.uv-bl').innerHTML = data.w + '×' + data.h + ' px · ' +

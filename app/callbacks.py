@@ -1,0 +1,318 @@
+"""The Gradio event callbacks: thin adapters from component values to app.handlers.
+
+Each method returns exactly the outputs wired in app/main.py (VIEW / LOAD tuples below).
+They are plain methods, so tests and `python -m app.bench` call them without a browser.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+from typing import Any, Callable
+
+import gradio as gr
+
+from app import handlers as H
+from app import measure
+from app.context import AppContext
+from app.state import CLASS_CHOICES, MODES, Session
+from usam.errors import UsamError
+
+log = logging.getLogger("usam.app")
+
+
+def guard(fn: Callable) -> Callable:
+    """User errors -> a clear message in the page; previous state and outputs stay unchanged."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        sess = next((a for a in args if isinstance(a, Session)), None)
+        try:
+            if sess is None:
+                return fn(*args, **kwargs)
+            with sess.lock:  # events of one session never interleave (clicks may arrive in bursts)
+                return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UsamError as exc:
+            raise gr.Error(str(exc), title="Not done", print_exception=False) from exc
+        except Exception as exc:  # a bug: keep the page alive and the state unchanged
+            log.error("handler %s failed:\n%s", fn.__name__, traceback.format_exc())
+            raise gr.Error(f"Internal error ({type(exc).__name__}): {exc}", title="Internal error") from exc
+
+    return wrapper
+
+
+def header_html(ctx: AppContext) -> str:
+    """Title, active weights and the demo-weights warning."""
+    info = ctx.weights_info()
+    note = f'<div class="usam-note" id="usam-weights-note">⚠ {info.note}</div>' if info.note else ""
+    return (
+        '<div id="usam-header"><div><h1>U-SAM Studio</h1><div class="sub">Rectal cancer segmentation in CT · '
+        'U-SAM (SAM ViT encoder + U-shaped adapter) · <span style="color:rgb(230,40,40)">■</span> normal rectum '
+        '<span style="color:rgb(40,110,255)">■</span> tumor</div></div>'
+        f'<div class="usam-badge" id="usam-weights">Weights: <b>{info.label}</b> · device {ctx.device} · '
+        f'sha256 <code>{info.sha256[:10]}</code></div></div>{note}'
+    )
+
+
+def reference_text(s: Session) -> str:
+    """Which reference the agreement metrics compare with."""
+    if s.reference is None:
+        return "No reference label map: upload one (same grid as the volume) to see Dice / IoU / NSD."
+    return f"Reference: **{s.reference_name}**. NSD tolerance 2.0 mm."
+
+
+def _event_data(evt: Any) -> dict:
+    """The browser's event payload ({} for API calls, which pass values as inputs)."""
+    data = getattr(evt, "_data", None)
+    return data if isinstance(data, dict) else {}
+
+
+class Callbacks:
+    """All event callbacks of the segmentation and results tabs, bound to one AppContext."""
+
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    # --- shared outputs -------------------------------------------------------------------------
+    def ensure(self, s: Session | None) -> Session:
+        """API clients may skip init_session: start on the first demo case."""
+        return s if isinstance(s, Session) else H.load_demo(self.ctx, 0)
+
+    def view(self, s: Session, t0: float | None = None) -> tuple:
+        """VIEW outputs: state, viewer payload, slider, slice status, timing line."""
+        payload = H.viewer_payload(s)
+        server_ms = None if t0 is None else (time.perf_counter() - t0) * 1000.0
+        if server_ms is not None and s.last_timing:
+            s.last_timing["server_ms"] = server_ms
+        return (s, payload, gr.update(value=s.z, maximum=max(s.nz - 1, 1)), H.slice_status(s),
+                H.timing_text(s, server_ms))
+
+    def loaded(self, s: Session) -> tuple:
+        """LOAD outputs: VIEW + volume info, range defaults, header, reference text."""
+        return self.view(s) + (H.volume_summary(s), gr.update(value=0, maximum=s.nz - 1),
+                               gr.update(value=s.nz - 1, maximum=s.nz - 1), header_html(self.ctx),
+                               reference_text(s))
+
+    @staticmethod
+    def _carry_display(new: Session, old: Session | None) -> None:
+        """Keep the user's display settings across volumes; free the old session's files."""
+        if isinstance(old, Session):
+            new.window, new.opacity, new.visible, new.mode, new.cls = old.window, old.opacity, old.visible, old.mode, old.cls
+            old.close()
+
+    # --- loading ------------------------------------------------------------------------------
+    @guard
+    def init_session(self, s: Session | None):
+        """Start (or resume) the session on the first demo case."""
+        return self.loaded(s if isinstance(s, Session) else H.load_demo(self.ctx, 0))
+
+    @guard
+    def load_demo_case(self, s: Session | None, name: str):
+        """Load a demo phantom case by name."""
+        new = H.load_demo(self.ctx, name)
+        self._carry_display(new, s)
+        return self.loaded(new)
+
+    @guard
+    def load_volume(self, s: Session | None, path: str | None):
+        """Load an uploaded NIfTI / zipped DICOM / NRRD; a bad file leaves the previous volume."""
+        if not path:
+            raise gr.Error("No file received.", title="Not done", print_exception=False)
+        new = H.load_file(self.ctx, path)
+        self._carry_display(new, s)
+        return self.loaded(new)
+
+    # --- navigation ----------------------------------------------------------------------------
+    @guard
+    def set_slice(self, s: Session | None, z: float):
+        """Show axial slice z."""
+        s = self.ensure(s)
+        H.set_slice(s, z)
+        return self.view(s)
+
+    @guard
+    def go_to_slice(self, s: Session | None, z: float, evt: gr.EventData = None):
+        """Viewer keyboard / wheel navigation (event data {z}); API clients pass z."""
+        s = self.ensure(s)
+        H.set_slice(s, _event_data(evt).get("z", z))
+        return self.view(s)
+
+    # --- prompts -------------------------------------------------------------------------------
+    @guard
+    def add_point(self, s: Session | None, x: float, y: float, z: float, mode_name: str, cls_name: str,
+                  evt: gr.EventData = None):
+        """A point prompt: a click in the browser (event data), or x, y, z (-1 = current slice),
+        mode ('Negative point' = negative) and class ('Normal rectum' | 'Tumor') from an API client."""
+        t0 = time.perf_counter()
+        s = self.ensure(s)
+        data = _event_data(evt)
+        if data:
+            x, y, zz = data["x"], data["y"], data.get("z")
+            positive, c = bool(data.get("label", 1)), int(data.get("cls", s.cls))
+        else:
+            zz = None if z is None or float(z) < 0 else z
+            positive, c = mode_name != MODES[1], CLASS_CHOICES.get(cls_name, s.cls)
+        try:
+            H.add_point(s, x, y, positive, c, z=zz)
+        finally:
+            self._ack(s, data)
+        return self.view(s, t0)
+
+    @guard
+    def add_box(self, s: Session | None, x0: float, y0: float, x1: float, y1: float, z: float,
+                evt: gr.EventData = None):
+        """A box prompt, xyxy in slice pixels: a drag in the browser (event data) or from an API client."""
+        t0 = time.perf_counter()
+        s = self.ensure(s)
+        data = _event_data(evt)
+        if data:
+            x0, y0, x1, y1, zz = data["x0"], data["y0"], data["x1"], data["y1"], data.get("z")
+        else:
+            zz = None if z is None or float(z) < 0 else z
+        try:
+            H.add_box(s, x0, y0, x1, y1, z=zz)
+        finally:
+            self._ack(s, data)
+        return self.view(s, t0)
+
+    @staticmethod
+    def _ack(s: Session, data: dict) -> None:
+        """Remember the browser's prompt sequence number so it can drop its provisional marks."""
+        if "seq" in data:
+            s.ack = max(s.ack, int(data["seq"]))
+
+    def _slice_op(self, s: Session | None, op: Callable[[Session], Any], verb: str) -> tuple:
+        t0 = time.perf_counter()
+        s = self.ensure(s)
+        if op(s) is False:
+            gr.Info(f"Nothing to {verb} on slice {s.z}.")
+        return self.view(s, t0)
+
+    @guard
+    def undo(self, s: Session | None):
+        """Undo the last action on the current slice."""
+        return self._slice_op(s, H.undo, "undo")
+
+    @guard
+    def redo(self, s: Session | None):
+        """Redo the next action on the current slice."""
+        return self._slice_op(s, H.redo, "redo")
+
+    @guard
+    def clear_slice(self, s: Session | None):
+        """Clear the prompts and the mask of the current slice (undoable)."""
+        return self._slice_op(s, H.clear_slice, "clear")
+
+    @guard
+    def segment_slice(self, s: Session | None):
+        """Segment the current slice without prompts (undoable)."""
+        return self._slice_op(s, H.segment_slice, "segment")
+
+    # --- whole volume ----------------------------------------------------------------------------
+    @staticmethod
+    def _progress_fn(progress: Any) -> Callable[[float, str], None] | None:
+        if progress is None:
+            return None
+        return lambda frac, text: progress(frac, desc=text)
+
+    @guard
+    def segment_volume(self, s: Session | None, start: float, end: float, progress=gr.Progress()):
+        """U-SAM without prompts over slices start..end; corrected (locked) slices are kept."""
+        s = self.ensure(s)
+        r = H.segment_volume(s, start, end, progress=self._progress_fn(progress))
+        msg = (f"Segmented slices {r['start']}–{r['end']}: {r['segmented']} predicted, {r['kept_locked']} "
+               f"corrected slices kept, {r['seconds']:.1f} s.")
+        return self.view(s) + (msg,)
+
+    @guard
+    def propagate_box(self, s: Session | None, start: float, end: float, progress=gr.Progress()):
+        """Box-prompt each slice from start towards end with the previous slice's mask box."""
+        s = self.ensure(s)
+        r = H.propagate_box(s, start, end, progress=self._progress_fn(progress))
+        stop = f" Stopped at slice {r['stopped_at']} (previous mask empty)." if r["stopped_at"] is not None else ""
+        msg = (f"Propagated a box from slice {r['start']} towards {r['end']}: {r['propagated']} slices in "
+               f"{r['seconds']:.1f} s.{stop}")
+        return self.view(s) + (msg,)
+
+    # --- display -----------------------------------------------------------------------------------
+    @guard
+    def set_window_preset(self, s: Session | None, name: str):
+        """Display window preset (display only: the model input never changes)."""
+        s = self.ensure(s)
+        H.set_window_preset(s, name)
+        return self.view(s) + (s.window.width, s.window.level)
+
+    @guard
+    def set_window(self, s: Session | None, width: float, level: float):
+        """Manual display window width / level in HU (display only)."""
+        s = self.ensure(s)
+        H.set_window(s, width, level)
+        return self.view(s)
+
+    @guard
+    def set_display(self, s: Session | None, opacity: float, visible: list[str], mode: str, cls: str):
+        """Overlay opacity, visible classes, prompt mode and point class."""
+        s = self.ensure(s)
+        H.set_display(s, opacity=opacity, visible=visible, mode=mode, cls=cls)
+        return self.view(s)
+
+    # --- results and export ----------------------------------------------------------------------
+    @guard
+    def update_results(self, s: Session | None):
+        """Measurements table, per-slice area plot and 3D surface of the current masks."""
+        s = self.ensure(s)
+        m = H.results(s)
+        sp = tuple(float(t) for t in s.volume.spacing)
+        return (s, measure.measurement_rows(m), measure.area_figure(s.labels, sp, s.z),
+                measure.surface_figure(s.labels, sp))
+
+    @guard
+    def export_nifti(self, s: Session | None):
+        """Multi-label NIfTI (0 background, 1 normal rectum, 2 tumor) with the input's affine."""
+        s = self.ensure(s)
+        return s, [str(H.export_nifti(s))]
+
+    @guard
+    def export_measurements(self, s: Session | None):
+        """Measurements as CSV and JSON."""
+        s = self.ensure(s)
+        return s, [str(p) for p in H.export_measurements(s, self.ctx)]
+
+    @guard
+    def export_session(self, s: Session | None):
+        """Session JSON (volume hash, model hash, every prompt, window) that re-creates the masks."""
+        s = self.ensure(s)
+        return s, [str(H.export_session(s, self.ctx))]
+
+    @guard
+    def replay_session(self, s: Session | None, path: str | None):
+        """Re-create the masks of a session JSON on the loaded volume."""
+        s = self.ensure(s)
+        if not path:
+            raise gr.Error("No file received.", title="Not done", print_exception=False)
+        data = H.read_session_file(path)
+        new, rep = H.replay_session(self.ctx, data, s)
+        new.opacity, new.visible, new.mode, new.cls = s.opacity, s.visible, s.mode, s.cls  # window: the session's
+        s.close()
+        msg = (f"Replayed {rep['actions']} actions. Masks "
+               + ("**identical** to the recorded ones." if rep["labels_match"] else "**differ** from the recorded ones.")
+               + ("" if rep["same_model"] else " The session was recorded with other weights."))
+        return self.view(new) + (msg,)
+
+    @guard
+    def load_reference(self, s: Session | None, path: str | None):
+        """Use an uploaded label map as the reference and compute Dice / IoU / NSD."""
+        s = self.ensure(s)
+        if not path:
+            raise gr.Error("No file received.", title="Not done", print_exception=False)
+        H.load_reference(s, path)
+        return s, H.metric_rows(H.reference_metrics(s)), reference_text(s)
+
+    @guard
+    def reference_metrics(self, s: Session | None):
+        """Dice / IoU / NSD (2 mm tolerance) of the current masks against the reference."""
+        s = self.ensure(s)
+        return s, H.metric_rows(H.reference_metrics(s)), reference_text(s)
