@@ -142,7 +142,7 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
         p["dz"] = 1.25 if rng.random() < 0.7 else 0.625
     else:
         p["n_xy"] = 128
-        p["px"] = float(round(u(0.68, 0.94) * 3.2, 4))
+        p["px"] = float(round(u(0.68, 0.94) * 2.0, 4))  # a pelvic field of view of 175-240 mm
         p["dz"] = 3.75
     max_slices = 150 if size == "full" else 44
     margin_lo, margin_hi = u(12, 25), u(8, 20)
@@ -186,7 +186,7 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["tumor_circ"] = bool(rng.random() < 0.35)
     p["tumor_phi"] = u(-np.pi, np.pi)
     p["tumor_halfwidth"] = u(0.7, 1.9)
-    p["tumor_thick"] = u(4, 11)
+    p["tumor_thick"] = u(5, 13)
     p["tumor_out"] = u(0.3, 0.6)
     p["tumor_hu"] = p["wall_hu"] + u(35, 65)
     p["tumor_lobes"] = [(int(k), float(u(0.1, 0.3)), float(u(0, 2 * np.pi)), float(u(-0.08, 0.08)))
@@ -551,7 +551,8 @@ def generate_case(seed: int, size: str = "small", has_tumor: bool | None = None)
     # snap so that one slice sits at z = 0 (the anorectal junction)
     zs = zs - zs[np.argmin(np.abs(zs))]
     xs = ((np.arange(n) - (n - 1) / 2.0) * px).astype(np.float32)
-    ys = ((np.arange(n) - (n - 1) / 2.0) * px + p["body_cy"] * 0.5 + 8.0).astype(np.float32)
+    y_mid = p["body_cy"] * 0.5 + (8.0 if size == "full" else 18.0)
+    ys = ((np.arange(n) - (n - 1) / 2.0) * px + y_mid).astype(np.float32)
     cx, cy, ax, ay = _rectum_centerline(p, zs)
     tx = np.gradient(cx, zs)
     ty = np.gradient(cy, zs)
