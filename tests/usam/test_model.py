@@ -40,8 +40,7 @@ def test_vit_b_state_dict_equals_reference_layout():
     assert n == 104_155_791
 
 
-@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
-@pytest.mark.parametrize("lora", [0, 4])
+@pytest.mark.parametrize("name,lora", [("vit_b", 0), ("vit_l", 0), ("vit_h", 4)])
 def test_shapes_large_configs_on_meta(name, lora):
     # meta tensors: the full forward runs shape-only, no memory, no arithmetic
     with torch.device("meta"):
