@@ -198,6 +198,9 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["urine_hu"] = u(2, 15)
     p["male"] = bool(rng.random() < 0.5)
     p["vessel_hu"] = u(140, 200)
+    p["meso_margin"] = u(9, 18)
+    p["meso_vessels"] = [(float(u(0, 2 * np.pi)), float(u(0.1, 0.9)), float(u(0.8, 1.6)))
+                         for _ in range(int(rng.integers(2, 7)))]
     p["noise"] = u(8, 20)
     p["bowel"] = [(u(-45, 45), u(-60, -20), u(0.4, 1.0), u(10, 16), u(0, 2 * np.pi)) for _ in range(int(rng.integers(0, 4)))]
     p["table_gap"] = u(5, 25)
@@ -360,6 +363,8 @@ def _render_slice(p: dict, z: float, xs, ys, rect_geom, tex2d, lab) -> np.ndarra
                 sl, X, Y = w
                 s.paint(sl, _ellipse_sdf(X, Y, side * 35, y_ant - 10, 24, 6), hu_mus)
     _paint_vessels(s, p, z)
+    if 0.0 <= z <= p["rect_len"] + 5:
+        _paint_mesorectum(s, p, z, rect_geom)
     _paint_bladder_and_organs(s, p, z, rect_geom)
     _paint_bowel(s, p, z)
     _paint_bones(s, p, z, y_sac, y_ant)
@@ -375,6 +380,23 @@ def _render_slice(p: dict, z: float, xs, ys, rect_geom, tex2d, lab) -> np.ndarra
             s.paint(sl, _ellipse_sdf(X, Y, acx, acy, 13, 12), hu_mus + 5)
             s.paint(sl, _ellipse_sdf(X, Y, acx, acy, 4, 1.2), -50.0)
     return s.img
+
+
+def _paint_mesorectum(s: _Slice, p: dict, z: float, rect_geom) -> None:
+    """Mesorectal fascia (a thin line around the mesorectal fat) and small rectal vessels in it."""
+    cx, cy, ax, ay = rect_geom[:4]
+    margin = p["meso_margin"] + p["tumor_out"] * p["tumor_thick"] * p["has_tumor"]
+    ex, ey = ax + margin, ay + margin * 0.8
+    w = s.window(cx - ex - 3, cx + ex + 3, cy - ey - 3, cy + ey + 3)
+    if w is None:
+        return
+    sl, X, Y = w
+    s.paint(sl, np.abs(_ellipse_sdf(X, Y, cx, cy, ex, ey)) - 0.5, 20.0)
+    for ang, frac, r in p["meso_vessels"]:
+        ang = ang + 0.01 * z
+        vx = cx + (ax + 3 + frac * (margin - 5)) * math.cos(ang)
+        vy = cy + (ay + 3 + frac * (margin - 5) * 0.8) * math.sin(ang)
+        s.paint(sl, np.hypot(X - vx, Y - vy) - r, p["vessel_hu"] - 20)
 
 
 def _paint_vessels(s: _Slice, p: dict, z: float) -> None:
@@ -457,19 +479,24 @@ def _paint_bones(s: _Slice, p: dict, z: float, y_sac: float, y_ant: float) -> No
     fz, fx, fr, fy = p["fh_z"], p["fh_x"], p["fh_r"], p["fh_y"]
     if z > fz + 15:
         g = min((z - fz - 15) / 60.0, 1.0)
+        # each wing: an arc concave antero-medially (the iliac fossa) from the sacroiliac joint
+        # sweeping laterally and anteriorly, further the higher the slice (built for the
+        # patient's left, mirrored for the right)
+        six, siy = 40 + 12 * g, y_sac + 12
+        ccx, ccy = -20.0, y_sac - 110.0
+        rad = math.hypot(six - ccx, siy - ccy)
+        a_si = math.atan2(siy - ccy, six - ccx)
+        a0 = a_si - (0.25 + 0.55 * g)
+        x_lim = p["body_ax"] - p["sc_fat"] - 15
+        if (x_lim - ccx) / rad < 1.0:  # keep the wing inside the muscles of a slim patient
+            a0 = min(max(a0, math.acos(max((x_lim - ccx) / rad, -1.0))), a_si - 0.2)
         for side in (-1, 1):
-            # arc from the SI joint (posterior) sweeping antero-laterally
-            rad = 70 + 40 * g
-            ccx = side * (fx - 40 - 10 * g)
-            ccy = y_sac + 10 + 0.6 * rad
-            a_si = math.atan2((y_sac + 12) - ccy, side * (40 + 15 * g) - ccx)
-            span = 0.4 + 0.9 * g
-            a0, a1 = (a_si, a_si + span) if side > 0 else (a_si - span, a_si)
-            # keep the arc near the posterior part
-            w = s.window(ccx - rad - 12, ccx + rad + 12, ccy - rad - 12, ccy + rad + 12)
+            arcs = (a0, a_si) if side > 0 else (math.pi - a_si, math.pi - a0)
+            cxs = side * ccx
+            w = s.window(cxs - rad - 14, cxs + rad + 14, ccy - rad - 14, ccy + rad + 14)
             if w:
                 sl, X, Y = w
-                d = _arc_sdf(X, Y, ccx, ccy, rad, 4 + 5 * (1 - g), min(a0, a1), max(a0, a1))
+                d = _arc_sdf(X, Y, cxs, ccy, rad, 3.5 + 6 * (1 - g), *arcs)
                 s.paint(sl, d, canc, rim=(1.8, cort))
     for side in (-1, 1):
         hx = side * fx
