@@ -60,15 +60,26 @@ def _check_split(split: str) -> None:
         raise UsamError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
+def _read_manifest(d: Path) -> list[dict]:
+    """manifest.json ({'cases': [...]}, the phantom cohort) or a plain manifest.csv."""
+    if (d / "manifest.json").exists():
+        from usam.phantom import load_cohort
+
+        return load_cohort(d)
+    with open(d / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = {"case_id", "image", "label", "split"} - set(rows[0] if rows else {})
+    if missing:
+        raise UsamError(f"{d / 'manifest.csv'} lacks the columns {sorted(missing)}")
+    return rows
+
+
 def list_cases(data_dir: str | Path, split: str = "all") -> list[dict]:
     """Manifest rows of a cohort folder for one split, with absolute image/label paths."""
     _check_split(split)
-    from usam.phantom import load_cohort
-
     d = Path(data_dir)
-    rows = load_cohort(d)
     out = []
-    for row in rows:
+    for row in _read_manifest(d):
         if split != "all" and row.get("split") != split:
             continue
         row = dict(row)
@@ -157,15 +168,19 @@ def _in_val(name: str, val_fraction: float) -> bool:
 
 
 def list_npz_slices(root: str | Path, split: str = "all", val_fraction: float = 0.1) -> list[Path]:
-    """npz files of a split: test = test/, val = a stable fraction of train/, train = the rest."""
+    """npz files of a split: test = test/; val = val/ when present, else a stable fraction of
+    train/ (grouped by the case part of the name); train = the rest of train/."""
     _check_split(split)
     root = Path(root)
+    has_val_dir = bool(_npz_names(root, "val"))
     out: list[Path] = []
     if split in ("train", "val", "all"):
         for name in _npz_names(root, "train"):
-            is_val = _in_val(name, val_fraction)
+            is_val = (not has_val_dir) and _in_val(name, val_fraction)
             if split == "all" or (split == "val") == is_val:
                 out.append(root / "train" / "train_npz" / f"{name}.npz")
+    if split in ("val", "all") and has_val_dir:
+        out += [root / "val" / "val_npz" / f"{n}.npz" for n in _npz_names(root, "val")]
     if split in ("test", "all"):
         out += [root / "test" / "test_npz" / f"{n}.npz" for n in _npz_names(root, "test")]
     if not out:

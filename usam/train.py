@@ -23,7 +23,7 @@ from usam import data as D
 from usam.errors import UsamError
 from usam.losses import DiceCELoss
 
-NORM_MEAN, NORM_STD = 0.1364736, 0.23238614
+from usam.preprocess import MEAN as NORM_MEAN, STD as NORM_STD
 CLASSES = {0: "background", 1: "normal rectum", 2: "tumor"}
 STATE_FILE = "train_state.pt"
 
@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-fraction", type=float, default=0.1, help="npz layout only: share of train/ used for validation")
     g = p.add_argument_group("model")
     g.add_argument("--config", default="vit_b", help="model preset: vit_b, vit_l, vit_h, demo")
+    g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one config field, e.g. --override vit_depth=2 (VALUE is JSON; repeatable)")
     g.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on q,v of the ViT (0 = full fine-tuning)")
     g.add_argument("--sam-weights", default=None, help="SAM checkpoint to initialise from (e.g. sam_vit_b_01ec64.pth)")
     g.add_argument("--init", default=None, help="start from this U-SAM checkpoint (safetensors)")
@@ -90,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--export", default=None, help="also copy the selected (best-on-val) checkpoint here")
     g.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     g.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0 = only at the end)")
+    g.add_argument("--val-stride", type=int, default=1, help="validate on every Nth cached val slice (speed)")
     g.add_argument("--save-every", type=int, default=0, help="also save the resumable state every N steps")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: cuda when present)")
@@ -200,10 +203,11 @@ def setup_distributed(device_flag: str | None) -> Dist:
     return Dist(rank, world, local_rank, device)
 
 
-def weights_checksum(model: nn.Module) -> str:
-    """sha256 over all parameters and buffers (DDP ranks must agree)."""
+def weights_checksum(model: nn.Module, params_only: bool = False) -> str:
+    """sha256 over all parameters and buffers, or parameters only (DDP ranks must agree)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    items = model.named_parameters() if params_only else model.state_dict().items()
+    for name, t in sorted(items):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -222,11 +226,13 @@ def git_commit() -> str | None:
     return (head + ("+dirty" if dirty else "")) if head else None
 
 
-def command_line() -> str:
-    """How this run was started (torchrun or python -m usam)."""
+def command_line(args: argparse.Namespace | None = None) -> str:
+    """How this run was started (torchrun or python -m usam); args._argv when called from Python."""
     prefix = "torchrun --nproc_per_node {} -m usam".format(os.environ["WORLD_SIZE"]) \
         if "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ else "python -m usam"
-    return prefix + " " + shlex.join(sys.argv[1:])
+    argv = getattr(args, "_argv", None)
+    argv = ["train", *argv] if argv is not None else sys.argv[1:]
+    return prefix + " " + shlex.join(argv)
 
 
 class JsonlLog:
@@ -332,7 +338,10 @@ def build_model(args: argparse.Namespace):
 
         model, meta = load_checkpoint(args.init)
         return model, model_config(model)
-    config = get_config(args.config, lora_rank=args.lora_rank)
+    try:
+        config = get_config(args.config, lora_rank=args.lora_rank, **parse_overrides(args.override))
+    except TypeError as exc:  # an unknown field name in --override
+        raise UsamError(f"bad --override: {exc}") from None
     model = build_usam(config)
     if args.sam_weights:
         from usam.checkpoints import load_sam_weights
@@ -340,6 +349,20 @@ def build_model(args: argparse.Namespace):
         report = load_sam_weights(model, args.sam_weights)
         print(f"SAM weights: {report}", file=sys.stderr)
     return model, config
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """--override KEY=VALUE pairs (VALUE parsed as JSON, else kept as a string)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsamError(f"--override needs KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def model_config(model: nn.Module):
@@ -361,7 +384,7 @@ def metadata(args: argparse.Namespace, config, data_info: dict, state: dict, wal
                           "mean": NORM_MEAN, "std": NORM_STD, "label_resize": args.label_resize},
         "provenance": {"data": data_info, "commit": git_commit(),
                        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "command": command_line(), "wall_time_s": round(wall, 1)},
+                       "command": command_line(args), "wall_time_s": round(wall, 1)},
         "weights_kind": args.weights_kind,
         "training": {"recipe": recipe, "recipe_name": args.recipe, "prompt": args.prompt, "points": args.points,
                      "negatives": args.negatives, "batch_size": args.batch_size, "world_size": state["world"],
@@ -386,9 +409,7 @@ def save_state(path: Path, model: nn.Module, opt, sched, state: dict) -> None:
 def _save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:
     from usam.checkpoints import save_checkpoint
 
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    save_checkpoint(model, tmp, meta)
-    os.replace(tmp, path)
+    save_checkpoint(model, path, meta)  # atomic: writes a temporary file, then renames
 
 
 def run(args: argparse.Namespace) -> int:
@@ -412,6 +433,10 @@ def run(args: argparse.Namespace) -> int:
         val_set = D.build_slice_set(args.data, "val", window, False, args.label_resize, fmt, args.val_fraction)
     except UsamError:
         val_set = None  # no validation split: the last step is exported, and the metadata says so
+    if val_set is not None and args.val_stride > 1:
+        keep = np.arange(0, len(val_set), args.val_stride)
+        val_set = D.SliceSet(val_set.images[keep], val_set.labels[keep], [val_set.case_ids[i] for i in keep],
+                             val_set.z[keep])
     data_info = D.describe_data(args.data, fmt, {"train": train_set, **({"val": val_set} if val_set else {})})
 
     model, config = build_model(args)
@@ -455,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
         state.update(saved["state"])
         state["world"] = dist.world
     if dist.main:
-        log.write(event="start", command=command_line(), resume=bool(args.resume), step=state["step"],
+        log.write(event="start", command=command_line(args), resume=bool(args.resume), step=state["step"],
                   total_steps=total_steps, steps_per_epoch=steps_per_epoch, train_slices=len(train_set),
                   val_slices=len(val_set) if val_set else 0, world=dist.world, device=str(dist.device),
                   recipe=recipe, cached_mb=round(train_set.nbytes() / 2**20, 1))
@@ -496,6 +521,7 @@ def run(args: argparse.Namespace) -> int:
             loss = loss_fn(logits.float(), labels)
             if not torch.isfinite(loss):
                 raise UsamError(f"loss became {loss.item()} at step {step}; lower the learning rates")
+            lrs = {g["name"]: g["lr"] for g in opt.param_groups}  # the rates this step uses
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -508,7 +534,7 @@ def run(args: argparse.Namespace) -> int:
                     progress.set_postfix(loss=f"{loss.item():.4f}", prompt=f"{kind}{k or ''}")
                 if step % args.log_every == 0 or state["step"] == total_steps:
                     log.write(event="step", step=step, epoch=epoch, loss=round(loss.item(), 6),
-                              lr={g["name"]: g["lr"] for g in opt.param_groups}, prompt=kind, k=k,
+                              lr=lrs, prompt=kind, k=k,
                               wall_s=round(wall(), 1))
                 if args.save_every and state["step"] % args.save_every == 0:
                     checkpoint_all()
@@ -528,7 +554,7 @@ def run(args: argparse.Namespace) -> int:
             if do_val:
                 val_result = validate(model, val_set, rows, dist.device, amp)
                 val_result["step"] = state["step"]
-                log.write(event="val", step=state["step"], epoch=epoch, **val_result)
+                log.write(event="val", epoch=epoch, **val_result)
                 if val_result["score"] > state["best"]:
                     state["best"], state["best_val"] = val_result["score"], val_result
                     _save_checkpoint(model, out / "best.safetensors",
@@ -552,8 +578,14 @@ def run(args: argparse.Namespace) -> int:
                   best_val=state["best_val"], export=args.export)
         print(json.dumps({"selected": str(selected), "best_val_score": state["best"] if state["best_val"] else None,
                           "steps": state["step"], "wall_s": round(wall(), 1)}))
+    if dist.world > 1:
+        # BatchNorm running stats are updated locally by each rank's last forward pass; take rank
+        # 0's (the saved ones) so that every rank ends with the model that was written
+        for buf in model.buffers():
+            torch.distributed.broadcast(buf, 0)
     if args.rank_checksums:
-        (out / f"weights_rank{dist.rank}.sha256").write_text(weights_checksum(model) + "\n")
+        (out / f"weights_rank{dist.rank}.sha256").write_text(
+            weights_checksum(model, params_only=True) + "\n" + weights_checksum(model) + "\n")
     if dist.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

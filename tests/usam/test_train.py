@@ -1,0 +1,182 @@
+"""Training: loss, optimizer groups, poly schedule, the CLI loop, resume and DDP (usam/train.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from usam import data as D
+from usam import train as T
+from usam.errors import UsamError
+from usam.losses import DiceCELoss, soft_dice_loss
+
+ROOT = Path(__file__).resolve().parents[2]
+# a very small U-SAM so that CPU steps take well under a second
+TINY = ["--config", "demo", "--override", "vit_depth=1", "--override", "vit_global_attn_indexes=[0]",
+        "--override", "vit_embed_dim=64", "--override", "vit_heads=2", "--override", "prompt_dim=32",
+        "--override", "decoder_heads=2", "--override", "decoder_mlp_dim=64", "--override", "num_mask_tokens=8",
+        "--override", "adapter_channels=[8,8,16,16]", "--override", "up_channels=[16,8,8,8]"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from usam.phantom import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(out, cases=4, seed=11, size="small")
+    return out
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    T.add_arguments(p)
+    ns = p.parse_args(list(argv))
+    ns._argv = list(argv)  # what the provenance records as the command
+    return ns
+
+
+def test_dice_ce_matches_monai():
+    from monai.losses import DiceCELoss as MonaiDiceCE
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 3, 16, 16, generator=g)
+    target = torch.randint(0, 3, (3, 16, 16), generator=g)
+    ours = DiceCELoss()(logits, target)
+    ref = MonaiDiceCE(softmax=True, to_onehot_y=True, lambda_ce=0.4, lambda_dice=0.6)(logits, target[:, None])
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    ref_b = MonaiDiceCE(softmax=True, to_onehot_y=True, lambda_ce=0.4, lambda_dice=0.6, batch=True)(
+        logits, target[:, None])
+    assert DiceCELoss(batch_dice=True)(logits, target).item() == pytest.approx(ref_b.item(), rel=1e-5)
+    # a perfect, confident prediction has (almost) zero Dice loss
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, target).item() < 1e-4
+
+
+def test_param_groups_and_recipes():
+    from usam.model import build_usam, get_config
+
+    model = build_usam(get_config("demo"))
+    args = _args("--data", "x", "--out", "y")
+    groups = {g["name"]: g for g in T.make_optimizer(model, T.resolve_recipe(args)).param_groups}
+    assert set(groups) == {"decoder", "vit", "adapter"}
+    assert (groups["decoder"]["lr"], groups["vit"]["lr"], groups["adapter"]["lr"]) == (1e-3, 1e-4, 1e-4)
+    assert all(g["weight_decay"] == 1e-4 for g in groups.values())
+    n = {k: sum(p.numel() for p in g["params"]) for k, g in groups.items()}
+    assert n["adapter"] == sum(p.numel() for p in model.backbone.parameters())
+    assert n["vit"] == sum(p.numel() for p in model.sam.image_encoder.parameters())
+    assert sum(n.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = T.make_optimizer(model, T.resolve_recipe(_args("--data", "x", "--out", "y", "--recipe", "paper")))
+    assert type(opt) is torch.optim.Adam
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"decoder": 1e-4, "vit": 1e-3, "adapter": 1e-3}
+    assert T.resolve_recipe(_args("--data", "x", "--out", "y", "--lr-vit", "5e-4"))["lr_vit"] == 5e-4
+
+
+def test_poly_schedule_per_step():
+    assert T.poly_factor(0, 100) == 1.0
+    assert T.poly_factor(50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert T.poly_factor(100, 100) == 0.0
+    assert T.poly_factor(0, 100, warmup_steps=4) == pytest.approx(0.25)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = T.make_scheduler(opt, 10, 0.9)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.7 ** 0.9)
+
+
+def test_a_few_steps_lower_the_loss(cohort):
+    from usam.model import build_usam, get_config
+
+    torch.manual_seed(0)
+    config = get_config("demo", **T.parse_overrides([TINY[i + 1] for i in range(2, len(TINY), 2)]))
+    model = build_usam(config).train()
+    train = D.build_slice_set(cohort, "train", label_resize="onehot")
+    idx = np.linspace(0, len(train) - 1, 4).astype(int)
+    images = train.images[idx].float()[:, None].expand(-1, 3, -1, -1)
+    labels = train.labels[idx].long()
+    opt = T.make_optimizer(model, {"optimizer": "adamw", "lr_decoder": 3e-3, "lr_vit": 3e-3,
+                                   "lr_adapter": 3e-3, "weight_decay": 1e-4})
+    loss_fn = DiceCELoss()
+    prompts = [D.sample_prompts(labels[i].numpy(), "points", 3, np.random.default_rng(i)) for i in range(4)]
+    losses = []
+    for _ in range(6):
+        loss = loss_fn(model(images, prompts), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def _train(cohort: Path, out: Path, *extra: str) -> None:
+    args = _args("--data", str(cohort), "--out", str(out), "--batch-size", "2", "--steps", "4",
+                 "--prompt", "mixed", "--no-progress", "--val-every", "0", "--val-stride", "8",
+                 "--log-every", "1", "--threads", "1", *TINY, *extra)
+    assert T.run(args) == 0
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_cli_train_resume_continues_the_schedule(cohort, tmp_path):
+    from usam.checkpoints import load_checkpoint, read_metadata
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    _train(cohort, full, "--rank-checksums", "--export", str(tmp_path / "export.safetensors"))
+    _train(cohort, part, "--stop-after", "2")
+    saved = torch.load(part / T.STATE_FILE, weights_only=True)
+    assert saved["state"]["step"] == 2
+    _train(cohort, part, "--resume", "--rank-checksums")
+    a, b = _log(full), _log(part)
+    steps_a = {r["step"]: r for r in a if r["event"] == "step"}
+    steps_b = {r["step"]: r for r in b if r["event"] == "step"}
+    assert sorted(steps_a) == sorted(steps_b) == [0, 1, 2, 3]
+    for s in range(4):  # same prompt kinds, learning rates and losses as the uninterrupted run
+        assert steps_b[s]["lr"] == pytest.approx(steps_a[s]["lr"])
+        assert steps_b[s]["prompt"] == steps_a[s]["prompt"]
+        assert steps_b[s]["loss"] == pytest.approx(steps_a[s]["loss"], rel=1e-4)
+    assert steps_a[3]["lr"]["decoder"] == pytest.approx(1e-3 * (1 - 3 / 4) ** 0.9)
+    # ... and ends with the same weights
+    assert (full / "weights_rank0.sha256").read_text() == (part / "weights_rank0.sha256").read_text()
+    meta = read_metadata(tmp_path / "export.safetensors")
+    assert meta["preprocessing"]["window"] == [-160.0, 240.0]
+    prov = meta["provenance"]
+    assert prov["command"].startswith("python -m usam train") and prov["wall_time_s"] > 0
+    assert prov["data"]["splits"]["train"]["cases"] >= 1 and prov["date"]
+    assert meta["training"]["val"] is not None and meta["training"]["selection"] == "best validation score"
+    model, _ = load_checkpoint(tmp_path / "export.safetensors")
+    assert model.config.vit_depth == 1
+    ends = [r for r in a if r["event"] == "end"]
+    assert ends and ends[0]["step"] == 4
+
+
+def test_resume_without_state_is_a_user_error(cohort, tmp_path):
+    with pytest.raises(UsamError, match="resume"):
+        _train(cohort, tmp_path / "none", "--resume")
+
+
+def test_torchrun_two_ranks_agree_on_weights(cohort, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "usam", "train",
+           "--data", str(cohort), "--out", str(out), "--batch-size", "2", "--steps", "2", "--prompt", "mixed",
+           "--no-progress", "--val-every", "0", "--val-stride", "8", "--threads", "1", "--rank-checksums", *TINY]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (out / "weights_rank0.sha256").read_text(), (out / "weights_rank1.sha256").read_text()
+    # line 1: parameters; line 2: parameters and buffers (BatchNorm statistics)
+    assert r0 == r1 and [len(x) for x in r0.split()] == [64, 64]
+    log = _log(out)
+    assert log[0]["world"] == 2 and log[0]["command"].startswith("torchrun --nproc_per_node 2")
+    assert (out / "last.safetensors").exists()
