@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,38 @@ def make_study(tmp_path: Path, cohort: Path, group_sizes=(2, 2, 2), k: int = 3, 
     return svc, svc.login("admin", "admin-password"), "CODE1", sid
 
 
+@pytest.fixture(autouse=True)
+def fast_argon2(monkeypatch):
+    """Cheap argon2 parameters in tests only (production keeps argon2-cffi's defaults)."""
+    from argon2 import PasswordHasher
+
+    from study import auth
+
+    monkeypatch.setattr(auth, "_HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture(scope="session")
+def _template_db(tmp_path_factory, tiny_cohort):
+    """The default test study built once; each test gets a copy of the SQLite file."""
+    from argon2 import PasswordHasher
+
+    from study import auth
+
+    saved = auth._HASHER
+    auth._HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    try:
+        folder = tmp_path_factory.mktemp("template")
+        svc, _, _, _ = make_study(folder, tiny_cohort)
+        svc.db.dispose()
+    finally:
+        auth._HASHER = saved
+    return folder / "study.db"
+
+
 @pytest.fixture
-def study_env(tmp_path, tiny_cohort):
-    return make_study(tmp_path, tiny_cohort)
+def study_env(tmp_path, _template_db):
+    """(service, admin token, study code, study id) on a fresh copy of the template study."""
+    shutil.copy(_template_db, tmp_path / "study.db")
+    db = Database(f"sqlite:///{tmp_path / 'study.db'}")
+    svc = StudyService(db, cache=CaseCache())
+    return svc, svc.login("admin", "admin-password"), "CODE1", 1
