@@ -39,6 +39,10 @@ class ImageFeatures:
         """Move (and optionally cast) every tensor."""
         return self._map(lambda t: t.to(device=device, dtype=dtype))
 
+    def clone(self) -> "ImageFeatures":
+        """Own-storage copy (an .index() view would keep its whole batch alive in a cache)."""
+        return self._map(lambda t: t.clone())
+
     def detach(self) -> "ImageFeatures":
         """Detached copy (for caching)."""
         return self._map(lambda t: t.detach())

@@ -1,0 +1,107 @@
+"""VolumePredictor: one encoder run per slice, cache bounds, results at slice resolution."""
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+
+from usam.errors import PromptError
+from usam.model import build_usam, get_config
+from usam.predictor import FeatureCache, VolumePredictor
+from usam.preprocess import logits_to_labels, preprocess_slices
+from usam.prompts import Prompts, points_from_mask
+
+
+@dataclass
+class FakeVolume:  # the predictor needs only .array (z, y, x) float32 HU
+    array: np.ndarray
+    spacing: tuple = (2.5, 0.8, 0.8)
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    source: dict = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_usam(get_config("demo")).eval()
+
+
+@pytest.fixture
+def volume():
+    rng = np.random.default_rng(0)
+    return FakeVolume(rng.normal(0, 100, size=(5, 96, 80)).astype(np.float32))
+
+
+META = {"preprocessing": {"window": [-150, 250]}}
+
+
+def test_encoder_runs_once_per_slice_however_many_prompts(model, volume):
+    pred = VolumePredictor(model, volume, META, device="cpu")
+    first = pred.predict(2, None)
+    assert pred.encoder_calls == 1 and not first.cached and first.encoder_ms > 0
+    assert first.labels.shape == (96, 80) and first.labels.dtype == np.uint8
+    assert first.probs.shape == (3, 96, 80)
+    outs = []
+    for x in (10, 50, 100, 150, 200):
+        r = pred.predict(2, Prompts(points=[[x, 100]], point_labels=[1], point_classes=[1]))
+        assert r.cached and r.encoder_ms == 0.0
+        outs.append(r.probs)
+    r = pred.predict(2, Prompts(boxes=[[20, 20, 120, 150]], box_classes=[0]))
+    assert pred.encoder_calls == 1
+    assert np.abs(outs[0] - outs[-1]).max() > 0  # prompts reach the decoder
+    pred.predict(3, None)
+    assert pred.encoder_calls == 2
+
+
+def test_predict_equals_direct_model_call(model, volume):
+    pred = VolumePredictor(model, volume, META, device="cpu")
+    p = Prompts(points=[[60, 70]], point_labels=[1], point_classes=[2])
+    r = pred.predict(1, p)
+    with torch.inference_mode():
+        logits = model(preprocess_slices(volume.array[1], (-150, 250)), [p])
+    labels, probs = logits_to_labels(logits, (96, 80))
+    np.testing.assert_allclose(r.probs, probs[0], atol=1e-5)
+
+
+def test_predict_volume_batches_progress_and_reuses_cache(model, volume):
+    pred = VolumePredictor(model, volume, META, device="cpu")
+    pred.predict(1, None)
+    seen = []
+    lab = np.zeros((96, 80), np.uint8)
+    lab[40:60, 30:50] = 1
+    out = pred.predict_volume(z_range=(1, 4), prompt_fn=lambda z: points_from_mask(lab, 1) if z == 2 else None,
+                              batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    assert out.shape == (5, 96, 80) and out.dtype == np.uint8
+    assert seen == [(2, 3), (3, 3)]
+    assert pred.encoder_calls == 3  # slices 1 (cached before), 2, 3
+    assert (out[0] == 0).all() and (out[4] == 0).all()
+    np.testing.assert_array_equal(out[3], pred.predict(3, None).labels)
+    np.testing.assert_array_equal(out[2], pred.predict(2, points_from_mask(lab, 1)).labels)
+    assert pred.encoder_calls == 3
+    with pytest.raises(PromptError):
+        pred.predict(5, None)
+    with pytest.raises(PromptError):
+        pred.predict_volume(z_range=(0, 9))
+
+
+def test_cache_is_bounded_in_bytes(model, volume):
+    per_slice = 4 * (8 * 224**2 + 16 * 112**2 + 32 * 56**2 + 64 * 28**2 + 128 * 14**2)
+    pred = VolumePredictor(model, volume, META, device="cpu", cache_bytes=2 * per_slice + 10)
+    for z in (0, 1, 2):
+        pred.predict(z, None)
+    assert len(pred.cache) == 2 and pred.cache.nbytes == 2 * per_slice
+    assert 0 not in pred.cache and 2 in pred.cache
+    pred.predict(1, None)  # still cached (LRU keeps 1 and 2)
+    assert pred.encoder_calls == 3
+    pred.predict(0, None)  # evicts 2, the least recently used
+    assert pred.encoder_calls == 4 and 2 not in pred.cache and 1 in pred.cache
+    tiny = VolumePredictor(model, volume, META, device="cpu", cache_bytes=10)
+    assert tiny.predict(0, None).labels.shape == (96, 80) and len(tiny.cache) == 0
+
+
+def test_feature_cache_keeps_own_storage():
+    from usam.model import ImageFeatures
+    big = ImageFeatures((None, None, None, None), torch.zeros(4, 2, 3, 3))
+    c = FeatureCache(10_000)
+    c.put(0, big.index(0).clone())
+    assert c.get(0).embedding.untyped_storage().nbytes() == 2 * 3 * 3 * 4
