@@ -78,6 +78,24 @@ def summarize_cases(per_case: list[dict], keys=("dice", "iou", "nsd", "hd95")) -
     return {"per_class": per_class, "mean": mean, "cases": len(per_case)}
 
 
+def crop_to_union(pred: np.ndarray, gt: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Both label maps cropped to the box around their union's foreground plus a margin.
+
+    Dice, IoU, volumes, NSD and HD95 do not change (every surface lies inside the crop and the
+    margin keeps a background border), but surface distances on a 512 x 512 x 150 volume cost
+    seconds where the cropped region costs milliseconds."""
+    fg = (pred > 0) | (gt > 0)
+    if not fg.any():
+        return pred, gt
+    sl = []
+    for axis in range(fg.ndim):
+        other = tuple(a for a in range(fg.ndim) if a != axis)
+        idx = np.flatnonzero(fg.any(axis=other))
+        sl.append(slice(max(0, idx[0] - margin), idx[-1] + 1 + margin))
+    sl = tuple(sl)
+    return pred[sl], gt[sl]
+
+
 def evaluate_case3d(cases: Iterable[D.CaseData], predict_case: CasePredictor, modes: list[str],
                     nsd_tolerance_mm: float = DEFAULT_NSD_MM, progress: bool = False) -> dict:
     """Per-case 3D metrics at native resolution on each case's annotated slice range
@@ -102,7 +120,8 @@ def evaluate_case3d(cases: Iterable[D.CaseData], predict_case: CasePredictor, mo
         for m in modes:
             full = np.zeros_like(case.labels)
             full[zs] = preds[m]
-            cm = case_metrics(full, case.labels, case.spacing, nsd_tolerance_mm=nsd_tolerance_mm)
+            p_crop, g_crop = crop_to_union(full, case.labels)
+            cm = case_metrics(p_crop, g_crop, case.spacing, nsd_tolerance_mm=nsd_tolerance_mm)
             per_case[m].append({"case_id": case.case_id, "z_range": [int(region[0]), int(region[1])],
                                 "per_class": cm["per_class"], "mean": cm["mean"]})
     rows = {m: summarize_cases(per_case[m]) for m in modes}

@@ -132,3 +132,22 @@ def test_reports_markdown_csv_json(tmp_path):
     assert js["protocols"]["case3d"]["rows"]["box"]["mean"]["dice"] == pytest.approx(0.625)
     # undefined values become null, not NaN (valid JSON)
     assert js["protocols"]["case3d"]["per_case"]["none"][1]["per_class"]["2"]["dice"] is None
+
+
+def test_crop_to_union_keeps_metrics():
+    from usam.metrics import case_metrics
+
+    rng = np.random.default_rng(0)
+    gt = np.zeros((12, 40, 40), np.uint8)
+    gt[3:8, 10:20, 12:22] = 1
+    gt[4:6, 14:18, 15:19] = 2
+    pred = np.roll(gt, 2, axis=2)
+    noise = rng.random((6, 20, 20)) < 0.01
+    pred[2:8, 8:28, 8:28][noise] = 2  # scattered false positives near the target
+    a = case_metrics(pred, gt, (2.0, 0.8, 0.8), nsd_tolerance_mm=1.0)
+    p, g = E.crop_to_union(pred, gt)
+    assert p.size < pred.size
+    b = case_metrics(p, g, (2.0, 0.8, 0.8), nsd_tolerance_mm=1.0)
+    for c in (1, 2):
+        for k in ("dice", "iou", "nsd", "hd95", "vol_pred_ml", "vol_gt_ml"):
+            assert b["per_class"][c][k] == pytest.approx(a["per_class"][c][k])
