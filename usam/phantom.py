@@ -72,9 +72,13 @@ def _ellipse_sdf(X, Y, cx, cy, ax, ay, angle=0.0):
 
 
 def _superellipse_sdf(X, Y, cx, cy, ax, ay, p):
-    """Approximate signed distance of a superellipse |x/a|^p + |y/b|^p = 1 (rounded box)."""
-    q = (np.abs((X - cx) / ax) ** p + np.abs((Y - cy) / ay) ** p) ** (1.0 / p)
-    return (q - 1.0) * min(ax, ay)
+    """Approximate signed distance of a superellipse |x/a|^p + |y/b|^p = 1 (rounded box).
+
+    X is a row and Y a column of coordinates, so the powers are taken on 1D vectors only; the
+    distance is linearised around the boundary (exact sign, accurate where partial volume is).
+    """
+    Q = np.abs((X - cx) / ax) ** p + np.abs((Y - cy) / ay) ** p
+    return (Q - 1.0) * np.float32(min(ax, ay) / p)
 
 
 def _capsule_sdf(X, Y, x0, y0, x1, y1, r):
@@ -229,7 +233,11 @@ def _rectum_centerline(p: dict, z):
     ax = r * (1.0 + p["rect_ecc"])
     y = _sacrum_front(p, z) - p["rect_gap"] - ay - p["sigmoid_fwd"] * 30.0 * top ** 2
     x = p["rect_x0"] + p["sigmoid_dir"] * 30.0 * top ** 2
-    return x, y, ax, ay
+    # the labelled segment closes in a dome at its top instead of ending cut open
+    cap = 0.8 * p["rect_r"]
+    t = np.clip((z - (L - cap)) / (cap + 2.0), 0.0, 1.0)
+    dome = np.sqrt(np.clip(1.0 - t * t, 0.02, 1.0))
+    return x, y, ax * dome, ay * dome
 
 
 def _tumor_thickness(p: dict, z: float, phi: np.ndarray) -> np.ndarray:
@@ -254,8 +262,14 @@ def _tumor_thickness(p: dict, z: float, phi: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- rendering
 
 def _texture(rng: np.random.Generator, shape, sigma) -> np.ndarray:
-    """Smooth unit-variance random field."""
-    f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    """Smooth unit-variance random field (drawn on a grid 3x coarser in-plane, then interpolated)."""
+    coarse = (shape[0], max(shape[1] // 3, 2), max(shape[2] // 3, 2))
+    f = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32),
+                                (sigma[0], sigma[1] / 3, sigma[2] / 3), truncate=3.0)
+    f = ndimage.zoom(f, (1, shape[1] / coarse[1], shape[2] / coarse[2]), order=1, grid_mode=True, mode="nearest")
+    f = f[:, : shape[1], : shape[2]]
+    if f.shape != tuple(shape):
+        f = np.pad(f, [(0, a - b) for a, b in zip(shape, f.shape)], mode="edge")
     return f / max(float(f.std()), 1e-6)
 
 
@@ -338,10 +352,9 @@ def _render_slice(p: dict, z: float, xs, ys, rect_geom, tex2d, lab) -> np.ndarra
     d_mus = _superellipse_sdf(X, Y, 0.0, bcy + 0.1 * sc, bax - sc, bay - sc * 0.8, p["body_p"])
     s.paint(sl, d_mus, hu_mus)
     # posterior midline: fat over the sacrum, the natal cleft below the coccyx
-    if z > p["coccyx_z"]:
-        y_back = float(_sacrum_front(p, z)) + 18
-        s.paint(sl, _capsule_sdf(X, Y, 0.0, y_back, 0.0, bcy + bay, 8.0), hu_fat)
-    else:
+    y_back = float(_sacrum_front(p, z)) + 18
+    s.paint(sl, _capsule_sdf(X, Y, 0.0, y_back, 0.0, bcy + bay, 8.0), hu_fat)
+    if z < p["coccyx_z"]:
         depth = 15 + 20 * float(_smoothstep((p["coccyx_z"] - z) / 30))
         s.paint(sl, _capsule_sdf(X, Y, 0.0, bcy + bay, 0.0, bcy + bay - sc - depth, 2.5), hu_fat)
     # pelvic cavity: from behind the anterior abdominal wall to the sacrum
@@ -493,7 +506,9 @@ def _paint_bones(s: _Slice, p: dict, z: float, y_sac: float, y_ant: float) -> No
         for side in (-1, 1):
             arcs = (a0, a_si) if side > 0 else (math.pi - a_si, math.pi - a0)
             cxs = side * ccx
-            w = s.window(cxs - rad - 14, cxs + rad + 14, ccy - rad - 14, ccy + rad + 14)
+            angs = np.linspace(arcs[0], arcs[1], 24)
+            bx, by = cxs + rad * np.cos(angs), ccy + rad * np.sin(angs)
+            w = s.window(bx.min() - 14, bx.max() + 14, by.min() - 14, by.max() + 14)
             if w:
                 sl, X, Y = w
                 d = _arc_sdf(X, Y, cxs, ccy, rad, 3.5 + 6 * (1 - g), *arcs)
@@ -598,13 +613,17 @@ def generate_case(seed: int, size: str = "small", has_tumor: bool | None = None)
     # scanner: point-spread blur, correlated noise, integer HU
     # white noise added before the point-spread blur comes out correlated, like CT noise;
     # its amplitude is scaled by the blur's measured noise reduction
-    psf = (0.35, 0.7, 0.7)
-    probe = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((16, 64, 64)).astype(np.float32), psf)
+    psf = (0.0, 0.7, 0.7)  # in-plane only: each slice is sampled at its centre
+    probe = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((16, 64, 64)).astype(np.float32),
+                                    psf, truncate=3.0)
     gain = 1.0 / float(probe[4:-4, 8:-8, 8:-8].std())
-    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(p["noise"] * gain)
-    img = ndimage.gaussian_filter(img, psf, mode="nearest")
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise *= np.float32(p["noise"] * gain)
+    img += noise
+    del noise
+    img = ndimage.gaussian_filter(img, psf, mode="nearest", truncate=3.0)
     np.clip(img, -1024, 3071, out=img)
-    img = np.round(img).astype(np.float32)
+    np.round(img, out=img)
     spacing = (float(dz), float(px), float(px))
     origin = (float(-xs[0] * 1.0), float(-ys[0]), float(zs[0]))  # RAS of voxel (0, 0, 0)
     affine = canonical_affine(spacing, origin)
