@@ -128,7 +128,7 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_cli_train_resume_continues_the_schedule(cohort, tmp_path):
+def test_cli_train_resume_continues_the_schedule(cohort, tmp_path, capsys):
     from usam.checkpoints import load_checkpoint, read_metadata
 
     full, part = tmp_path / "full", tmp_path / "part"
@@ -158,6 +158,24 @@ def test_cli_train_resume_continues_the_schedule(cohort, tmp_path):
     assert model.config.vit_depth == 1
     ends = [r for r in a if r["event"] == "end"]
     assert ends and ends[0]["step"] == 4
+    # the exported checkpoint through `python -m usam evaluate --json` (both protocols)
+    from usam import evaluate as E
+
+    p = argparse.ArgumentParser()
+    E.add_arguments(p)
+    capsys.readouterr()
+    ev = p.parse_args(["--checkpoint", str(tmp_path / "export.safetensors"), "--data", str(cohort), "--split", "test",
+                       "--prompt", "none,box", "--protocol", "both", "--json", "--no-progress",
+                       "--out", str(tmp_path / "ev"), "--name", "demo_eval"])
+    assert E.run(ev) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["protocols"]) == {"case3d", "reference"}
+    assert set(result["protocols"]["case3d"]["rows"]) == {"none", "box"}
+    assert result["nsd_tolerance_mm"] == 2.0 and result["window"] == [-160.0, 240.0]
+    for row in result["protocols"]["case3d"]["rows"].values():
+        assert row["mean"]["dice"] is None or 0.0 <= row["mean"]["dice"] <= 1.0
+    assert sorted(x.name for x in (tmp_path / "ev").iterdir()) == [
+        "demo_eval.csv", "demo_eval.json", "demo_eval.md", "demo_eval_cases.csv"]
 
 
 def test_resume_without_state_is_a_user_error(cohort, tmp_path):
