@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +69,12 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     """torch.load with weights_only=True; a file needing full unpickling only with trust_pickle."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+    except Exception as exc:
+        # "Unsupported global": a real pickle holding Python objects; anything else: not a checkpoint
+        if "Unsupported global" not in str(exc):
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from None
         if not trust_pickle:
-            if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
-                raise CheckpointError(PICKLE_MESSAGE.format(path=path)) from None
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
+            raise CheckpointError(PICKLE_MESSAGE.format(path=path)) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a corrupt or foreign file: say so, no traceback

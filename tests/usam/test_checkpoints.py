@@ -159,8 +159,9 @@ def test_bad_files_give_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.safetensors")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError):
-        load_checkpoint(junk)
+    for trust in (False, True):
+        with pytest.raises(CheckpointError, match="not a readable"):
+            load_checkpoint(junk, trust_pickle=trust)
     from safetensors.torch import save_file
     plain = tmp_path / "plain.safetensors"
     save_file({"a": torch.zeros(2)}, str(plain))
