@@ -99,7 +99,8 @@ def resolve_token(s: Session, token: str | None, now: datetime | None = None) ->
     user = s.get(Clinician, row.clinician_id)
     if user is None or user.status == "dropped":
         raise AuthError("Please log in.")
-    row.last_seen = now
+    if (now - as_utc(row.last_seen)).total_seconds() > 60:   # one write a minute, not one per call
+        row.last_seen = now
     return user
 
 

@@ -155,7 +155,7 @@ class StudyService:
             raise NotFound("No such assignment.")   # same answer for others' work: nothing leaks
         if a.status == "submitted":
             raise Conflict("This case is already submitted.")
-        if current:
+        if current and a.status != "open":   # an open assignment is the current one by construction
             cur = self._current(s, user)
             if cur is None or cur.id != a.id:
                 raise PermissionDenied("Only your next assigned case can be opened.")
