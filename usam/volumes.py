@@ -78,8 +78,8 @@ def _check_geometry(shape_xyz: tuple[int, ...], affine: np.ndarray) -> None:
     if max(shape_xyz) > MAX_AXIS or int(np.prod([int(s) for s in shape_xyz])) > MAX_VOXELS:
         raise VolumeError(f"volume of shape {tuple(shape_xyz)} is too large (max {MAX_AXIS} per axis, "
                           f"{MAX_VOXELS} voxels)")
-    if min(shape_xyz[0], shape_xyz[1]) < MIN_INPLANE:
-        raise VolumeError(f"axial slices of {shape_xyz[0]}x{shape_xyz[1]} voxels are too small for a CT volume")
+    if sorted(shape_xyz)[1] < MIN_INPLANE:  # any orientation: two axes must span an image
+        raise VolumeError(f"a volume of {tuple(shape_xyz)} voxels is too small for a CT volume")
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise VolumeError("the volume's geometry (affine) is not finite")

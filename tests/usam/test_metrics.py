@@ -116,3 +116,23 @@ def test_global_slice_metrics_sums_before_dividing():
     assert res["mean"]["dice"] == pytest.approx((12 / 18 + 4 / 6) / 2)
     with_bg = global_slice_metrics([(p1, g1), (p2, g2), (pb, bg)], foreground_only=False)
     assert with_bg["slices"] == 3 and with_bg["per_class"][1]["pred"] == 7
+
+
+def test_matches_deepmind_surface_distance_reference_values():
+    """Values computed once with DeepMind's surface-distance package (pip surface-distance 0.1)."""
+    yy, xx = np.mgrid[:100, :100]
+    r2a, r2b = (yy - 50) ** 2 + (xx - 50) ** 2, (yy - 52) ** 2 + (xx - 49) ** 2
+    a = (r2a < 30 ** 2) & ~(r2a < 26 ** 2)          # two rings, like a rectal wall
+    b = (r2b < 31 ** 2) & ~(r2b < 25 ** 2)
+    m1 = binary_metrics(a, b, (0.8, 0.8), 1.0)
+    m2 = binary_metrics(a, b, (0.8, 0.8), 2.0)
+    assert m1["nsd"] == pytest.approx(0.5423, abs=1e-4) and m2["nsd"] == pytest.approx(0.8487, abs=1e-4)
+    assert m1["hd95"] == pytest.approx(2.400, abs=1e-3)
+    sp = (2.5, 0.8, 0.8)
+    z, y, x = np.mgrid[:30, :60, :60]
+    zz, yy, xx = z * sp[0], y * sp[1], x * sp[2]
+    a = (zz - 35) ** 2 / 1.2 + (yy - 25) ** 2 + (xx - 24) ** 2 <= 15 ** 2
+    b = (zz - 37) ** 2 + (yy - 27) ** 2 / 0.8 + (xx - 28) ** 2 <= 14 ** 2
+    m = binary_metrics(a, b, sp, 2.0)
+    assert m["nsd"] == pytest.approx(0.4354, abs=1e-4)
+    assert m["hd95"] == pytest.approx(5.657, abs=1e-3)
