@@ -90,3 +90,31 @@ def fake_session(fake_ctx, small_case):
     s = H.start_session(fake_ctx, small_case.volume, "Demo phantom 1", small_case.labels)
     yield s
     s.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_app():
+    """The real app (demo weights, or the random demo model while they are missing) on 127.0.0.1."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from app.main import build_app, launch_kwargs
+
+    ctx = AppContext(AppConfig(host="127.0.0.1", port=_free_port(), device="cpu", demo_size="small"))
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=2)
+    kw = launch_kwargs(ctx)
+    kw.update(prevent_thread_lock=True, quiet=True)
+    demo.launch(**kw)
+    try:
+        yield f"http://127.0.0.1:{ctx.config.port}/", ctx
+    finally:
+        demo.close()
