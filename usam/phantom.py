@@ -178,7 +178,7 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["sigmoid_fwd"] = u(0.2, 0.8)    # anterior turn at the top
     p["wall"] = u(2.0, 4.5)
     p["wall_hu"] = u(32, 50)
-    p["mucosa_hu"] = u(10, 25)
+    p["mucosa_hu"] = u(15, 35)
     p["folds"] = [(int(k), float(u(0.0, 0.06)), float(u(0, 2 * np.pi))) for k in range(2, 6)]
     p["lumen"] = str(rng.choice(["air", "air-fluid", "faeces"], p=[0.35, 0.35, 0.30]))
     p["fluid_hu"] = u(0, 25)
@@ -448,6 +448,16 @@ def _paint_bladder_and_organs(s: _Slice, p: dict, z: float, rect_geom) -> None:
             if w:
                 sl, X, Y = w
                 s.paint(sl, _ellipse_sdf(X, Y, cx, py, 20 * k + 0.1, 13 * k + 0.1), 42.0)
+        t = 1.0 - ((z - (pz + 26)) / 13.0) ** 2  # seminal vesicles: paired, behind the bladder base
+        if t > 0:
+            k = math.sqrt(t)
+            py = cy - ay - p["tumor_out"] * p["tumor_thick"] * p["has_tumor"] - 5 - 6
+            w = s.window(cx - 40, cx + 40, py - 14, py + 14)
+            if w:
+                sl, X, Y = w
+                for side in (-1, 1):
+                    d = _ellipse_sdf(X, Y, cx + side * 17, py, 16 * k + 0.1, 5.5 * k + 0.1, angle=-side * 0.35)
+                    s.paint(sl, d, 35.0)
     elif -15 < z < 40:
         py = cy - ay - p["tumor_out"] * p["tumor_thick"] * p["has_tumor"] - 6 - 5
         w = s.window(cx - 30, cx + 30, py - 10, py + 10)
