@@ -191,11 +191,9 @@ class AppContext:
 
     def new_predictor(self, volume: Any) -> Any:
         """A VolumePredictor for one session's volume on the shared model."""
+        from usam.predictor import VolumePredictor
+
         model, meta = self.get_model()
-        try:
-            from usam.predictor import VolumePredictor
-        except ImportError:  # development installs without the predictor module
-            from app.fallback_predictor import FallbackPredictor as VolumePredictor
         return VolumePredictor(model, volume, meta, device=self.device)
 
     def weights_info(self) -> WeightsInfo:

@@ -250,13 +250,12 @@ def segment_volume(s: Session, start: int | None = None, end: int | None = None,
         lo, hi = hi, lo
     todo = [z for z in range(lo, hi + 1) if not s.locked(z)]
     t0 = time.perf_counter()
-    # batches of consecutive slices through predict_volume (batched encoder), progress per batch
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i:i + batch_size]
-        for z in chunk:
-            labels = _predict(s, z, ())
-            s.overwrite_unlocked(z, labels)
-        _report(progress, min(i + batch_size, len(todo)), len(todo), "slices")
+    if todo:
+        # batched encoder over the unlocked slices; progress after each batch
+        out = s.predictor.predict_volume(todo, batch_size=batch_size,
+                                         progress=lambda done, total: _report(progress, done, total, "slices"))
+        for z in todo:
+            s.overwrite_unlocked(z, out[z])
     s.actions.append({"op": "segment_volume", "start": lo, "end": hi})
     return {"start": lo, "end": hi, "segmented": len(todo), "kept_locked": (hi - lo + 1) - len(todo),
             "seconds": time.perf_counter() - t0}

@@ -57,6 +57,15 @@ class FakePredictor:
         probs = np.zeros((3, h, w), np.float32)
         return FakeResult(lab, probs, 0.0 if cached else 5.0, (time.perf_counter() - t0) * 1000, cached)
 
+    def predict_volume(self, z_range=None, prompt_fn=None, batch_size=8, progress=None):
+        zs = list(range(self.volume.array.shape[0])) if z_range is None else list(z_range)
+        out = np.zeros(self.volume.array.shape, np.uint8)
+        for i, z in enumerate(zs):
+            out[z] = self.predict(z, prompt_fn(z) if prompt_fn else None).labels
+            if progress is not None and ((i + 1) % batch_size == 0 or i + 1 == len(zs)):
+                progress(i + 1, len(zs))
+        return out
+
 
 class FakeContext(AppContext):
     """AppContext whose predictor is FakePredictor (no torch model needed)."""

@@ -93,3 +93,16 @@ def test_click_volume_export(client, gt_case, live_app):
 def test_demo_weights_are_announced(client):
     header = client.predict(api_name="/init_session")[7]
     assert "synthetic pelvic CT phantoms" in header and "Not for clinical use" in header
+
+
+def test_bad_upload_shows_message_and_keeps_volume(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    before = client.predict(api_name="/init_session")[4]
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a volume" * 50)
+    with pytest.raises(AppError) as err:
+        client.predict(handle_file(str(bad)), api_name="/load_volume")
+    assert "broken.nii.gz" in str(err.value) or "read" in str(err.value)
+    assert client.predict(api_name="/init_session")[4] == before  # the previous volume stays
