@@ -62,13 +62,14 @@ def _occ(d, px):
 
 
 def _ellipse_sdf(X, Y, cx, cy, ax, ay, angle=0.0):
-    """Approximate signed distance (mm) to an ellipse; exact for circles."""
+    """Signed distance (mm) to an ellipse to first order, (q - 1) / |grad q|; exact for circles."""
     dx, dy = X - cx, Y - cy
     if angle:
         c, s = math.cos(angle), math.sin(angle)
         dx, dy = c * dx + s * dy, -s * dx + c * dy
-    q = np.sqrt((dx / ax) ** 2 + (dy / ay) ** 2)
-    return (q - 1.0) * min(ax, ay) * np.where(q > 1, 1.0, 1.0)
+    q = np.maximum(np.sqrt((dx / ax) ** 2 + (dy / ay) ** 2), 1e-6)
+    grad = np.sqrt((dx / (ax * ax)) ** 2 + (dy / (ay * ay)) ** 2) / q
+    return (q - 1.0) / np.maximum(grad, 1e-9)
 
 
 def _superellipse_sdf(X, Y, cx, cy, ax, ay, p):
@@ -184,7 +185,7 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["fluid_hu"] = u(0, 25)
     # tumor
     p["has_tumor"] = bool(rng.random() >= TUMOR_FREE_FRACTION) if has_tumor is None else bool(has_tumor)
-    ext = u(20, min(55, p["rect_len"] - 10))
+    ext = u(20, min(55.0, 0.6 * p["rect_len"]))
     zc = u(5 + ext / 2, p["rect_len"] - 5 - ext / 2)
     p["tumor_z"] = (float(zc - ext / 2), float(zc + ext / 2))
     p["tumor_circ"] = bool(rng.random() < 0.35)
@@ -206,7 +207,8 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["meso_vessels"] = [(float(u(0, 2 * np.pi)), float(u(0.1, 0.9)), float(u(0.8, 1.6)))
                          for _ in range(int(rng.integers(2, 7)))]
     p["noise"] = u(8, 20)
-    p["bowel"] = [(u(-45, 45), u(-60, -20), u(0.4, 1.0), u(10, 16), u(0, 2 * np.pi)) for _ in range(int(rng.integers(0, 4)))]
+    p["bowel"] = [(u(-45, 45), u(-60, -20), u(0.4, 1.0), u(10, 16), u(0, 2 * np.pi))
+                  for _ in range(int(rng.integers(0, 4)))]
     p["table_gap"] = u(5, 25)
     return p
 
@@ -309,7 +311,7 @@ def _paint_rectum(s: _Slice, p: dict, z: float, geom, tex2d, lab: np.ndarray) ->
         return
     is_tumor = tum > 1.5
     # wall HU: normal wall with brighter mucosa, tumor enhancing and heterogeneous
-    wall_hu = p["wall_hu"] + p["mucosa_hu"] * np.clip(1.0 - (-d_in) / 1.2, 0, 1) * (d_in > -1.5)
+    wall_hu = p["wall_hu"] + p["mucosa_hu"] * np.clip(1.0 - d_in / 1.2, 0.0, 1.0)  # inner 1.2 mm
     tumor_hu = p["tumor_hu"] + 12.0 * tex2d[sl]
     hu = np.where(is_tumor, tumor_hu, wall_hu).astype(np.float32)
     s.paint(sl, d_out, hu)
@@ -727,7 +729,8 @@ def _write_npz_layout(out_dir: Path, case: PhantomCase, split: str, rows: dict) 
         name = f"{case.case_id}_z{z:03d}"
         np.savez_compressed(folder / f"{name}.npz", image=img, label=lab)
         ii, jj = np.nonzero(lab > 0)  # bbox in the stored array's frame: x = second axis
-        rows.setdefault(split, []).append((name, f"[{int(jj.min())}, {int(ii.min())}, {int(jj.max())}, {int(ii.max())}]"))
+        bbox = f"[{int(jj.min())}, {int(ii.min())}, {int(jj.max())}, {int(ii.max())}]"  # xyxy, as their loader
+        rows.setdefault(split, []).append((name, bbox))
 
 
 def generate_cohort(out_dir, cases: int, seed: int, size: str = "small", npz_layout: bool = False) -> Path:
@@ -760,7 +763,7 @@ def generate_cohort(out_dir, cases: int, seed: int, size: str = "small", npz_lay
         w = csv.writer(f)
         w.writerow(MANIFEST_FIELDS)
         for r in rows:
-            w.writerow([" ".join(str(v) for v in r[k]) if isinstance(r[k], list) else r[k] for k in MANIFEST_FIELDS])
+            w.writerow([" ".join(map(str, r[k])) if isinstance(r[k], list) else r[k] for k in MANIFEST_FIELDS])
     for split, items in npz_rows.items():
         with open(out_dir / "DataV6" / split / f"{split}_bbox.csv", "w", newline="") as f:
             w = csv.writer(f)
