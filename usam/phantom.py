@@ -551,6 +551,12 @@ def _paint_bones(s: _Slice, p: dict, z: float, y_sac: float, y_ant: float) -> No
             if w:
                 sl, X, Y = w
                 s.paint(sl, _ellipse_sdf(X, Y, nx, ny, 14 + 6 * (1 - t), 14), canc, rim=(2.5, cort))
+        elif z <= fz - 45:  # femoral shaft: thick cortex around a fatty medullary cavity
+            nx, ny = hx + side * 32, fy + 4
+            w = s.window(nx - 20, nx + 20, ny - 20, ny + 20)
+            if w:
+                sl, X, Y = w
+                s.paint(sl, _ellipse_sdf(X, Y, nx, ny, 13, 13), -40.0, rim=(4.5, cort + 200))
         # pubic rami and symphysis (anterior), ischium (posterior) below the femoral heads
         if fz - 40 < z < fz - 6:
             pub_y = max(y_ant + 8, fy - fr - 20)

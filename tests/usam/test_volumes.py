@@ -259,3 +259,12 @@ def test_write_volume_round_trip_and_labelmap_checks(tmp_path):
     nib.save(nib.Nifti1Image(other, np.eye(4)), str(tmp_path / "other.nii.gz"))
     with pytest.raises(VolumeError, match="shape"):
         read_labelmap(tmp_path / "other.nii.gz", reference=vol)
+
+
+def test_nifti_scaling_gives_hu(tmp_path):
+    stored = np.random.default_rng(2).integers(0, 2000, size=(16, 16, 5)).astype(np.int16)
+    img = nib.Nifti1Image(stored, np.diag([-0.7, -0.7, 2.0, 1.0]))  # already L, P, S
+    img.header.set_slope_inter(0.5, -1024)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    vol = read_volume(tmp_path / "scaled.nii.gz")
+    assert np.allclose(vol.array, stored.transpose(2, 1, 0) * 0.5 - 1024)
