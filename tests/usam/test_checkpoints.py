@@ -131,6 +131,10 @@ def test_official_sam_vit_b_loads_with_resizing(tmp_path):
     assert "sam.mask_decoder.up1.up.weight" in left and "sam.image_encoder.pos_embed" not in left
     assert not any(k.startswith("sam.image_encoder.") for k in left)
     assert len(report.loaded) + len(report.resized) + len(left) == len(sd)
+    del model
+    via_load, meta = load_checkpoint(path)  # a plain SAM state dict needs no trust flag
+    assert meta["weights_kind"] == "sam-init" and via_load.config.name == "vit_b"
+    assert torch.equal(via_load.state_dict()["sam.image_encoder.pos_embed"], sd["sam.image_encoder.pos_embed"])
 
 
 def test_resolve_weights_order(tmp_path, monkeypatch):
