@@ -3,7 +3,7 @@
 Contract for tabs mounted by app/main.py (e.g. app/study_tab.py: `build_study_tab(ctx)`):
 
     ctx.config            AppConfig: host, port, checkpoint (str | None), device ('cpu'|'cuda'|...),
-                          demo_size ('small'|'full'), env (dict of USAM_* variables seen at start)
+                          demo_size ('full' default | 'small'), env (dict of USAM_* variables seen at start)
     ctx.device            the torch device string in use
     ctx.get_model()       -> (model, metadata): loaded once per process on first use, shared by
                           all sessions (thread-safe); model is in eval mode on ctx.device
@@ -35,7 +35,7 @@ class AppConfig:
     port: int = DEFAULT_PORT
     checkpoint: str | None = None
     device: str = "auto"
-    demo_size: str = "small"
+    demo_size: str = "full"
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -51,8 +51,9 @@ def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None =
                    help="U-SAM weights (.safetensors; env USAM_CHECKPOINT; default: checkpoints/, then the demo)")
     p.add_argument("--device", default=env.get("USAM_DEVICE", "auto"),
                    help="torch device: auto | cpu | cuda | cuda:N (env USAM_DEVICE)")
-    p.add_argument("--demo-size", default=env.get("USAM_DEMO_SIZE", "small"), choices=("small", "full"),
-                   help="size of the generated demo phantoms (env USAM_DEMO_SIZE)")
+    p.add_argument("--demo-size", default=env.get("USAM_DEMO_SIZE", "full"), choices=("small", "full"),
+                   help="demo phantoms: full (512^2, as the demo weights were trained) or small (128^2, fast); "
+                        "env USAM_DEMO_SIZE")
     a = p.parse_args(argv)
     return AppConfig(host=a.host, port=a.port, checkpoint=a.checkpoint, device=a.device,
                      demo_size=a.demo_size, env={k: v for k, v in env.items() if k.startswith("USAM_")})

@@ -1,6 +1,7 @@
 """What every UI event does, as plain functions on a Session (no Gradio; the UI and the bench call these)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -24,8 +25,9 @@ Progress = Callable[[float, str], Any] | None
 
 
 # --- loading ---------------------------------------------------------------------------------
-def _demo_case(index: int, size: str) -> Any:
-    """A shipped / generated demo phantom case (usam.phantom)."""
+@functools.lru_cache(maxsize=4)
+def demo_case(index: int, size: str) -> Any:
+    """A demo phantom case (usam.phantom), generated once per process and shared read-only."""
     from usam import phantom
 
     if hasattr(phantom, "demo_case"):
@@ -68,7 +70,7 @@ def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndar
 def load_demo(ctx: AppContext, name_or_index: str | int = 0) -> Session:
     """Session on a demo phantom (by index or by its name in DEMO_CASES)."""
     index = DEMO_CASES.index(name_or_index) if isinstance(name_or_index, str) else int(name_or_index)
-    case = _demo_case(index, ctx.config.demo_size)
+    case = demo_case(index, ctx.config.demo_size)
     return start_session(ctx, case.volume, DEMO_CASES[index], case.labels)
 
 

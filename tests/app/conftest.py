@@ -82,7 +82,7 @@ class FakeContext(AppContext):
 
 @pytest.fixture(scope="session")
 def small_case():
-    from usam.phantom import demo_case
+    from app.handlers import demo_case
 
     return demo_case(0, "small")
 
@@ -117,7 +117,8 @@ def live_app():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app.main import build_app, launch_kwargs
 
-    ctx = AppContext(AppConfig(host="127.0.0.1", port=_free_port(), device="cpu", demo_size="small"))
+    # the demo weights are trained on full-size (512^2) phantoms: test on those
+    ctx = AppContext(AppConfig(host="127.0.0.1", port=_free_port(), device="cpu", demo_size="full"))
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=2)
     kw = launch_kwargs(ctx)

@@ -39,13 +39,13 @@ def browser():
         b.close()
 
 
-def _ring_target(payload_z: int):
+def _ring_target(payload_z: int, size: str):
     """A pixel inside the normal rectal wall of the demo case on slice z, as canvas fractions."""
     import numpy as np
 
-    from usam.phantom import demo_case
+    from app.handlers import demo_case
 
-    lab = demo_case(0, "small").labels[payload_z]
+    lab = demo_case(0, size).labels[payload_z]
     wall = lab == 1
     ys, xs = np.nonzero(wall)
     inner = [(x, y) for y, x in zip(ys, xs) if wall[y - 1:y + 2, x - 1:x + 2].all()] or list(zip(xs, ys))
@@ -55,7 +55,7 @@ def _ring_target(payload_z: int):
 
 
 def test_page_loads_click_changes_overlay(browser, live_app):
-    url, _ = live_app
+    url, ctx = live_app
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
@@ -66,7 +66,7 @@ def test_page_loads_click_changes_overlay(browser, live_app):
     assert "U-SAM Studio" in page.title()
     assert "Not for clinical use" in page.locator("#usam-weights-note").inner_text()
     z = int(page.locator("#usam-viewer .uv-tl b").inner_text())
-    fx, fy = _ring_target(z)
+    fx, fy = _ring_target(z, ctx.config.demo_size)
     before = page.evaluate(CANVAS_STATS, [fx, fy])
 
     box = page.locator("#usam-viewer canvas").bounding_box()

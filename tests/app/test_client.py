@@ -22,10 +22,10 @@ def client(live_app, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gt_case():
-    from usam.phantom import demo_case
+def gt_case(live_app):
+    from app.handlers import demo_case
 
-    return demo_case(0, "small")
+    return demo_case(0, live_app[1].config.demo_size)  # the app's own (cached) demo case
 
 
 def _val(v):

@@ -226,3 +226,26 @@ def test_parse_config_flags_and_environment():
     c = parse_config(["--port", "7000", "--host", "127.0.0.1"], {"USAM_PORT": "9000"})
     assert (c.host, c.port, c.checkpoint) == ("127.0.0.1", 7000, None)
     assert AppConfig().host == "127.0.0.1"
+
+
+def test_replay_with_the_real_predictor_is_exact(tmp_path, small_case):
+    """Session JSON -> replay on U-SAM itself (the app's weights) gives the identical label map."""
+    from app.context import AppContext
+
+    ctx = AppContext(AppConfig(device="cpu", demo_size="small"))
+    s = H.start_session(ctx, small_case.volume, "Demo phantom 1", small_case.labels)
+    zs = np.flatnonzero((small_case.labels == 1).any(axis=(1, 2)))
+    z = int(zs[len(zs) // 2])
+    x, y = _rectum_pixel(small_case.labels[z])
+    H.add_point(s, x, y, True, 1, z=z)
+    H.add_box(s, x - 15, y - 15, x + 15, y + 15, z=z + 1)
+    H.segment_volume(s, z + 2, z + 4)
+    H.undo(s, z + 1)
+    assert s.predictor.encoder_calls == 5 and s.last_timing["cached"] is False
+    H.add_point(s, x + 1, y, False, 1, z=z)
+    assert s.last_timing["cached"] is True      # second click on a slice: features from the cache
+    data = json.loads(H.export_session(s, ctx, tmp_path).read_text())
+    replayed, report = H.replay_session(ctx, data, s)
+    assert report["labels_match"] and np.array_equal(replayed.labels, s.labels)
+    s.close()
+    replayed.close()
