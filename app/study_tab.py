@@ -244,6 +244,8 @@ class StudyTab:
         cur = self._need(cur)
         self._save(token, cur, editor)
         cur["z"] = int(min(max(int(z), cur["start"]), cur["end"]))
+        # navigation is input activity, and the server remembers the slice for resuming
+        self.svc.heartbeat(token, cur["aid"], True, True, cur["z"])
         return (cur,) + self._show(token, cur, preset)
 
     def step(self, token, cur, editor, preset, delta: int):
@@ -267,6 +269,7 @@ class StudyTab:
         self.svc.save_slice(token, cur["aid"], cur["z"], np.zeros_like(sv.image, dtype=np.uint8), "empty")
         if cur["z"] < cur["end"]:
             cur["z"] += 1
+            self.svc.heartbeat(token, cur["aid"], True, True, cur["z"])
         return (cur,) + self._show(token, cur, preset)
 
     def rewindow(self, token, cur, editor, preset):
@@ -408,7 +411,10 @@ def build_study_tab(ctx: Any) -> StudyTab:
     # the study needs realistic 512^2 cases; $USAM_STUDY_DEMO_SIZE=small for quick trials
     demo_size = os.environ.get("USAM_STUDY_DEMO_SIZE") or "full"
     tab = StudyTab(make_service(ctx), demo_size)
-    if os.environ.get("USAM_STUDY_WARMUP", "1") == "1":
+    # generate the demo cohort in the background at start-up (not under pytest: other tests
+    # mount this tab and must not pay for 20 full-size phantoms); USAM_STUDY_WARMUP=0/1 forces it
+    warm = os.environ.get("USAM_STUDY_WARMUP", "auto")
+    if warm == "1" or (warm == "auto" and "PYTEST_CURRENT_TEST" not in os.environ):
         threading.Thread(target=tab.warm_up, daemon=True, name="study-demo-setup").start()
     E = _err
     presets = list(WINDOW_PRESETS)

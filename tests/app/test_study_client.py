@@ -1,0 +1,214 @@
+"""The study tab through gradio_client against the launched app: register, log in, annotate two
+slices, close, log in again, resume, submit; scores appear in the admin report. Also: every
+study endpoint refuses unauthenticated callers and readers' calls to admin endpoints."""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.context import AppConfig, AppContext, WeightsInfo
+from tests.study.conftest import END, START, make_study, write_tiny_cohort
+
+PRESET = "Abdomen (400/40)"
+
+
+class _Ctx(AppContext):
+    """App context with a fake model (never loaded here) and the test's study service."""
+
+    def __init__(self, port, svc):
+        super().__init__(AppConfig(host="127.0.0.1", port=port, device="cpu", demo_size="small"),
+                         model=object(), metadata={"weights_kind": "fake"})
+        self.study_service = svc
+
+    def weights_info(self):
+        return WeightsInfo(kind="fake", label="fake", path="-", sha256="f" * 64, is_demo=True, note="fake")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    return write_tiny_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+@pytest.fixture(scope="module")
+def study_app(tmp_path_factory, tiny_cohort):
+    """One launched app (the real app.main with this tab) on a fresh study for the module."""
+    from argon2 import PasswordHasher
+
+    from study import auth
+
+    saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    old_warm = os.environ.get("USAM_STUDY_WARMUP")
+    os.environ["USAM_STUDY_WARMUP"] = "0"
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    tmp_path = tmp_path_factory.mktemp("study_app")
+    svc, admin, code, sid = make_study(tmp_path, tiny_cohort)
+    from app.main import build_app, launch_kwargs
+
+    ctx = _Ctx(_port(), svc)
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=4)
+    kw = launch_kwargs(ctx)
+    kw.update(prevent_thread_lock=True, quiet=True)
+    demo.launch(**kw)
+    try:
+        yield f"http://127.0.0.1:{ctx.config.port}/", svc, code, tmp_path
+    finally:
+        demo.close()
+        auth._HASHER = saved
+        if old_warm is None:
+            os.environ.pop("USAM_STUDY_WARMUP", None)
+        else:
+            os.environ["USAM_STUDY_WARMUP"] = old_warm
+
+
+def _editor(tmp_path, name, labels):
+    """Editor payload as the browser sends it: background + one RGBA layer of strokes."""
+    from gradio_client import handle_file
+
+    from app.study_tab import layer_from_labels
+
+    h, w = labels.shape
+    bg, layer = tmp_path / f"{name}_bg.png", tmp_path / f"{name}_layer.png"
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(bg)
+    Image.fromarray(layer_from_labels(labels, (h, w))).save(layer)
+    return {"background": handle_file(str(bg)), "layers": [handle_file(str(layer))], "composite": None, "id": None}
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def test_register_annotate_close_resume_submit_and_report(study_app):
+    from sqlalchemy import select
+
+    from study.models import SliceMask
+    from study.scoring import decode_mask
+
+    url, svc, code, tmp = study_app
+    c = _client(url)
+    msg = c.predict(code, "reader1", "password1", "Dr One", 1, 4, "surgery", api_name="/study_register")
+    assert "created" in msg
+    status, info, slider, editor, _img, _p = c.predict("reader1", "password1", PRESET, api_name="/study_login")
+    assert "reader1" in status and f"slices {START}–{END}" in info and slider["value"] == START
+    assert np.asarray(Image.open(editor["layers"][0]))[..., 3].max() == 0      # nothing painted yet
+    wall = np.zeros((40, 40), np.uint8)
+    wall[12:28, 12:16] = 1
+    tumor = np.zeros((40, 40), np.uint8)
+    tumor[18:24, 18:24] = 2
+    out = c.predict(_editor(tmp, "a", wall), PRESET, api_name="/study_next")       # slice START saved
+    assert out[1]["value"] == START + 1
+    out = c.predict(_editor(tmp, "b", tumor), PRESET, api_name="/study_next")      # slice START+1 saved
+    out = c.predict(_editor(tmp, "b2", tumor * 0), START + 1, PRESET, api_name="/study_goto")  # back, blank
+    assert out[1]["value"] == START + 1 and "now at slice **3**" in out[0]
+    c.close()                                                  # the browser is closed
+    with svc.db.session() as s:
+        from study.models import Assignment, Clinician
+        uid = s.scalar(select(Clinician.id).where(Clinician.login == "reader1"))
+        saved = {m.z: decode_mask(m.data, (m.height, m.width)) for m in s.scalars(
+            select(SliceMask).join(Assignment, Assignment.id == SliceMask.assignment_id)
+            .where(Assignment.clinician_id == uid))}
+    assert sorted(saved) == [START, START + 1, START + 2]          # START+2 left blank on purpose
+    assert np.array_equal(saved[START], wall) and np.array_equal(saved[START + 1], tumor)
+    assert not saved[START + 2].any()
+
+    c2 = _client(url)
+    status, info, slider, editor, _img, _p = c2.predict("reader1", "password1", PRESET, api_name="/study_login")
+    assert slider["value"] == START + 1 and "3 slices saved" in info                # resumed where left
+    layer = np.asarray(Image.open(editor["layers"][0]))
+    assert (layer[..., 3] > 0).sum() == 36 and layer[20, 20, 2] > layer[20, 20, 0]  # own tumor strokes, blue
+    out = c2.predict(_editor(tmp, "c", tumor), PRESET, api_name="/study_submit")
+    assert "Case submitted" in out[0] and "Case 2 of 3" in out[1]
+
+    a = _client(url)
+    a.predict("admin", "admin-password", PRESET, api_name="/study_login")
+    head, table, paper, readerview, *_figs, readers = a.predict(api_name="/study_admin_report")
+    assert "CODE1" in head and "| Group 1 | 1 (1, 1) |" in table
+    assert "61.38/45.67/47.27" in paper
+    assert readers["data"][0][1] == "reader1"
+
+
+ENDPOINTS_READER = ["/study_next", "/study_previous", "/study_copy_previous", "/study_submit", "/study_goto",
+                    "/study_nothing", "/study_run_model"]
+ENDPOINTS_ADMIN = ["/study_admin_report", "/study_admin_export", "/study_admin_drop", "/study_admin_set_group",
+                   "/study_admin_run_models"]
+
+
+def _call(c, api, tmp):
+    from gradio_client.exceptions import AppError
+
+    info = c.view_api(return_format="dict")["named_endpoints"][api]
+    args = []
+    for p in info["parameters"]:
+        comp = p["component"].lower()
+        if comp == "imageeditor":
+            args.append(_editor(tmp, "x", np.ones((40, 40), np.uint8)))
+        elif comp == "slider":
+            args.append(0)
+        elif comp == "number":
+            args.append(1)
+        elif comp == "radio":
+            args.append(p["parameter_default"] if p["parameter_has_default"] else 1)
+        else:
+            args.append(p.get("example_input"))
+    with pytest.raises(AppError) as e:
+        c.predict(*args, api_name=api)
+    return str(e.value)
+
+
+def test_endpoints_refuse_unauthenticated_and_wrong_role(study_app):
+    from sqlalchemy import func, select
+
+    from study.models import SliceMask, Submission
+
+    url, svc, code, tmp = study_app
+
+    def counts():
+        with svc.db.session() as s:
+            return (s.scalar(select(func.count()).select_from(SliceMask)),
+                    s.scalar(select(func.count()).select_from(Submission)))
+
+    before = counts()
+    anon = _client(url)
+    for api in ENDPOINTS_READER:
+        assert "log in" in _call(anon, api, tmp).lower()
+    for api in ENDPOINTS_ADMIN:
+        assert "log in" in _call(anon, api, tmp).lower()
+    r = _client(url)
+    r.predict(code, "reader2", "password1", "", 2, 1, "", api_name="/study_register")
+    r.predict("reader2", "password1", PRESET, api_name="/study_login")
+    for api in ENDPOINTS_ADMIN:
+        assert "administrator" in _call(r, api, tmp)
+    assert counts() == before                       # nothing was stored by any refused call
+    # a wrong password gives a clear message, no token
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="Wrong login or password"):
+        _client(url).predict("reader2", "bad-password", PRESET, api_name="/study_login")
+
+
+def test_readers_see_only_their_own_work(study_app):
+    url, svc, code, tmp = study_app
+    r1, r2 = _client(url), _client(url)
+    for c, name in ((r1, "ra"), (r2, "rb")):
+        c.predict(code, name, "password1", "", 1, 1, "", api_name="/study_register")
+    r1.predict("ra", "password1", PRESET, api_name="/study_login")
+    everything = np.full((40, 40), 2, np.uint8)
+    r1.predict(_editor(tmp, "r1", everything), PRESET, api_name="/study_next")
+    _s, info, _sl, editor, _i, _p = r2.predict("rb", "password1", PRESET, api_name="/study_login")
+    assert np.asarray(Image.open(editor["layers"][0]))[..., 3].max() == 0
+    # the ground truth never reaches the page: the editor background is the CT only
+    bg = np.asarray(Image.open(editor["background"]))
+    assert bg.shape[:2] == (40, 40)
+    gt_colours = bg[..., 2].astype(int) - bg[..., 0].astype(int)
+    assert np.abs(gt_colours).max() == 0                                   # grey: no coloured labels
