@@ -177,7 +177,7 @@ def _draw_params(rng: np.random.Generator, size: str, has_tumor: bool | None) ->
     p["rect_x0"] = u(-8, 8)
     p["sigmoid_dir"] = u(-0.3, 0.9)   # lateral drift (mostly to patient left) at the top
     p["sigmoid_fwd"] = u(0.2, 0.8)    # anterior turn at the top
-    p["wall"] = u(2.0, 4.5)
+    p["wall"] = u(2.5, 5.0)
     p["wall_hu"] = u(32, 50)
     p["mucosa_hu"] = u(15, 35)
     p["folds"] = [(int(k), float(u(0.0, 0.06)), float(u(0, 2 * np.pi))) for k in range(2, 6)]
