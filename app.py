@@ -10,6 +10,24 @@ os.environ.setdefault("GRADIO_SHARE", "False")
 os.environ.setdefault("GRADIO_RUN_HISTORY", "False")
 
 
+def _warm_up(ctx) -> None:
+    """Load the model and the slow imports in the background so the first click does not wait."""
+    import importlib
+    import threading
+
+    def work() -> None:
+        try:
+            ctx.get_model()
+            from app.handlers import demo_case
+
+            demo_case(0, ctx.config.demo_size)
+            importlib.import_module("monai.metrics.utils")  # first reference metrics otherwise stall ~10 s
+        except Exception as exc:  # the page reports real errors when a user triggers them
+            print(f"warm-up skipped: {exc}", file=sys.stderr)
+
+    threading.Thread(target=work, name="usam-warm-up", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags / environment, build the UI and serve it."""
     from app.context import AppConfig, AppContext, parse_config
@@ -22,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.main import build_app, launch_kwargs
 
     demo = build_app(ctx)
+    _warm_up(ctx)
     demo.queue(default_concurrency_limit=2)
     print(f"U-SAM Studio on http://{config.host}:{config.port} (device {ctx.device})", flush=True)
     demo.launch(**launch_kwargs(ctx))
