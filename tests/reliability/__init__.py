@@ -1,0 +1,1 @@
+"""Reliability and security tests (issue 8): hostile input, auth on every endpoint, load, crashes."""

@@ -1,0 +1,38 @@
+"""The real app's Blocks launched in this process on 127.0.0.1 with a fake predictor and an
+injected study service (cheap: no model load, no subprocess), for API-level tests."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from tests.reliability.helpers import free_port
+
+
+@contextlib.contextmanager
+def launched_app(db_url: str, data_dir: Path) -> Iterator[tuple[str, object, object]]:
+    """Yield (url, blocks, study service) of the full app (all tabs) on a free loopback port."""
+    os.environ["USAM_STUDY_WARMUP"] = "0"
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["USAM_STUDY_DATA"] = str(data_dir)
+    from app.main import build_app
+    from study.cases import CaseCache
+    from study.db import Database
+    from study.service import StudyService
+    from tests.app.conftest import FakeContext
+
+    ctx = FakeContext()
+    db = Database(db_url)
+    ctx.study_service = StudyService(db, cache=CaseCache(), predictor_factory=ctx.new_predictor,
+                                     model_name="fake", checkpoint_hash="f" * 64)
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=4)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False,
+                max_file_size="5mb", show_error=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", demo, ctx.study_service
+    finally:
+        demo.close()
+        db.dispose()
