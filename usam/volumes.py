@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-import os
 import stat
 import tempfile
 import zipfile
