@@ -153,7 +153,7 @@ class Callbacks:
             x, y, zz = data["x"], data["y"], data.get("z")
             positive, c = bool(data.get("label", 1)), int(data.get("cls", s.cls))
         else:
-            zz = None if z is None or float(z) < 0 else z
+            zz = None if z is None or H.as_number(z, "the slice index") < 0 else z
             positive, c = mode_name != MODES[1], CLASS_CHOICES.get(cls_name, s.cls)
         try:
             H.add_point(s, x, y, positive, c, z=zz)
@@ -171,7 +171,7 @@ class Callbacks:
         if data:
             x0, y0, x1, y1, zz = data["x0"], data["y0"], data["x1"], data["y1"], data.get("z")
         else:
-            zz = None if z is None or float(z) < 0 else z
+            zz = None if z is None or H.as_number(z, "the slice index") < 0 else z
         try:
             H.add_box(s, x0, y0, x1, y1, z=zz)
         finally:

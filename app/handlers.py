@@ -24,6 +24,24 @@ SESSION_FORMAT = "usam-studio-session"
 Progress = Callable[[float, str], Any] | None
 
 
+def as_number(v: Any, what: str) -> float:
+    """A finite number from a UI / API value; a clear PromptError otherwise (nothing is changed)."""
+    if v is None or isinstance(v, (list, tuple, dict)):
+        raise PromptError(f"{what} must be a number")
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        raise PromptError(f"{what} must be a number, not {str(v)[:20]!r}") from None
+    if not math.isfinite(f):
+        raise PromptError(f"{what} must be a finite number")
+    return f
+
+
+def _range_numbers(start: Any, end: Any) -> tuple[float | None, float | None]:
+    return (None if start is None else as_number(start, "the first slice"),
+            None if end is None else as_number(end, "the last slice"))
+
+
 # --- loading ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def demo_case(index: int, size: str) -> Any:
@@ -69,7 +87,11 @@ def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndar
 
 def load_demo(ctx: AppContext, name_or_index: str | int = 0) -> Session:
     """Session on a demo phantom (by index or by its name in DEMO_CASES)."""
+    if isinstance(name_or_index, str) and name_or_index not in DEMO_CASES:
+        raise VolumeError(f"unknown demo case {name_or_index[:40]!r}; choose from {list(DEMO_CASES)}")
     index = DEMO_CASES.index(name_or_index) if isinstance(name_or_index, str) else int(name_or_index)
+    if not 0 <= index < len(DEMO_CASES):
+        raise VolumeError(f"there are {len(DEMO_CASES)} demo cases")
     case = demo_case(index, ctx.config.demo_size)
     return start_session(ctx, case.volume, DEMO_CASES[index], case.labels)
 
@@ -151,7 +173,7 @@ def _predict(s: Session, z: int, items: tuple[PromptItem, ...]) -> np.ndarray:
 
 def _check_z(s: Session, z: int | float | None) -> int:
     """The slice an action applies to (default: the current one), validated."""
-    z = s.z if z is None else int(round(float(z)))
+    z = s.z if z is None else int(round(as_number(z, "the slice index")))
     if not 0 <= z < s.nz:
         raise PromptError(f"slice {z} is outside the volume (0..{s.nz - 1})")
     return z
@@ -160,7 +182,7 @@ def _check_z(s: Session, z: int | float | None) -> int:
 def _check_xy(s: Session, x: float, y: float) -> tuple[float, float]:
     """A pixel position that must lie on the slice."""
     h, w = s.slice_shape
-    x, y = float(x), float(y)
+    x, y = as_number(x, "x"), as_number(y, "y")
     if not (math.isfinite(x) and math.isfinite(y)) or not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
         raise PromptError(f"the point ({x:.1f}, {y:.1f}) is outside the {w} × {h} slice")
     return x, y
@@ -247,7 +269,7 @@ def _report(progress: Progress, done: int, total: int, what: str) -> None:
 def segment_volume(s: Session, start: int | None = None, end: int | None = None,
                    progress: Progress = None, batch_size: int = 8) -> dict[str, Any]:
     """U-SAM without prompts over a slice range; locked (corrected) slices are kept."""
-    lo, hi = clamp_range(start, end, s.nz)
+    lo, hi = clamp_range(*_range_numbers(start, end), s.nz)
     if hi < lo:
         lo, hi = hi, lo
     todo = [z for z in range(lo, hi + 1) if not s.locked(z)]
@@ -272,7 +294,7 @@ def propagate_box(s: Session, start: int | None = None, end: int | None = None,
     """
     from usam.prompts import box_from_mask
 
-    lo, hi = clamp_range(start, end, s.nz)
+    lo, hi = clamp_range(*_range_numbers(start, end), s.nz)
     if not s.labels[lo].any():
         raise PromptError(f"slice {lo} has no mask to propagate from: segment or prompt it first")
     step = 1 if hi >= lo else -1
@@ -302,7 +324,7 @@ def propagate_box(s: Session, start: int | None = None, end: int | None = None,
 # --- display settings ------------------------------------------------------------------------
 def set_slice(s: Session, z: int | float) -> None:
     """Move the viewer to slice z (clipped)."""
-    s.z = int(np.clip(int(round(float(z))), 0, s.nz - 1))
+    s.z = int(np.clip(int(round(as_number(z, "the slice index"))), 0, s.nz - 1))
 
 
 def navigate(s: Session, delta: int | float) -> None:
@@ -312,10 +334,10 @@ def navigate(s: Session, delta: int | float) -> None:
 
 def set_window(s: Session, width: float, level: float) -> None:
     """Manual display window (never changes the model input)."""
-    width = float(width)
-    if not math.isfinite(width) or width < 1:
+    width = as_number(width, "the window width")
+    if width < 1:
         raise PromptError("the window width must be at least 1 HU")
-    s.window = Window(width, float(level))
+    s.window = Window(width, as_number(level, "the window level"))
     s.actions.append({"op": "window", "width": s.window.width, "level": s.window.level})
 
 
@@ -329,8 +351,19 @@ def set_window_preset(s: Session, name: str) -> None:
 def set_display(s: Session, opacity: float | None = None, visible: list[str] | tuple | None = None,
                 mode: str | None = None, cls: str | int | None = None) -> None:
     """Overlay opacity, visible classes, prompt mode and point class."""
+    opacity = None if opacity is None else float(np.clip(as_number(opacity, "the opacity"), 0.0, 1.0))
+    if visible is not None:
+        if isinstance(visible, str) or not isinstance(visible, (list, tuple)):
+            raise PromptError("the visible classes must be a list of class names")
+        bad = [v for v in visible if not isinstance(v, (str, int)) or (v not in CLASS_CHOICES and v not in (1, 2))]
+        if bad:
+            raise PromptError(f"unknown class {str(bad[0])[:30]!r}; choose from {list(CLASS_CHOICES)}")
+    if cls is not None and (not isinstance(cls, (str, int)) or (cls not in CLASS_CHOICES and cls not in (1, 2))):
+        raise PromptError(f"unknown class {str(cls)[:30]!r}; choose from {list(CLASS_CHOICES)}")
+    if mode is not None and mode not in MODES:
+        raise PromptError(f"unknown prompt mode {str(mode)[:30]!r}")
     if opacity is not None:
-        s.opacity = float(np.clip(float(opacity), 0.0, 1.0))
+        s.opacity = opacity
     if visible is not None:
         s.visible = tuple(sorted(CLASS_CHOICES[v] if isinstance(v, str) else int(v) for v in visible))
     if mode is not None:
