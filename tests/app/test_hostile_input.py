@@ -5,11 +5,8 @@ valid value or refused with a clear message (never "Internal error"), and a refu
 session (volume, masks, prompts, window) unchanged."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import zipfile
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -105,3 +102,41 @@ def test_display_settings_any_value(cb, fake_session, width, level, preset, opac
 @given(name=st.one_of(st.text(max_size=30), st.sampled_from(["../../etc/passwd", "Demo phantom 99", "", "0"])))
 def test_demo_case_names(cb, fake_session, name):
     call(cb.load_demo_case, fake_session, name)
+
+
+class _Evil:
+    """A pickle that runs code when loaded (what a hostile .pth can do)."""
+
+    def __init__(self, sentinel):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def test_pickle_checkpoints_refused_unless_trusted(tmp_path):
+    import torch
+
+    from app.context import AppConfig, AppContext
+    from usam.checkpoints import load_checkpoint, load_sam_weights
+    from usam.errors import CheckpointError
+    from usam.model import build_usam, get_config
+
+    sentinel = tmp_path / "pwned"
+    evil = tmp_path / "usam_evil.pth"
+    torch.save({"model": _Evil(sentinel), "args": _Evil(sentinel)}, evil)
+    with pytest.raises(CheckpointError, match="pickle|trust"):
+        load_checkpoint(evil)
+    with pytest.raises(CheckpointError):
+        load_sam_weights(build_usam(get_config("demo")), evil)
+    # the app, given these weights by flag, refuses them with the same message (never a random model)
+    ctx = AppContext(AppConfig(checkpoint=str(evil), device="cpu"))
+    with pytest.raises(CheckpointError, match="pickle|trust"):
+        ctx.get_model()
+    assert not sentinel.exists(), "the pickle ran code"
+    # a plain pickle (not even a torch file) is refused as well
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps(_Evil(sentinel)))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not sentinel.exists()

@@ -11,12 +11,13 @@ from tests.reliability.helpers import free_port
 
 
 @contextlib.contextmanager
-def launched_app(db_url: str, data_dir: Path) -> Iterator[tuple[str, object, object]]:
-    """Yield (url, blocks, study service) of the full app (all tabs) on a free loopback port."""
+def launched_app(db_url: str, data_dir: Path, max_file_size: str | None = None) -> Iterator[tuple[str, object, object]]:
+    """Yield (url, blocks, study service) of the full app (all tabs) on a free loopback port, launched
+    with the app's own launch_kwargs (max_file_size may be lowered to test the limit cheaply)."""
     os.environ["USAM_STUDY_WARMUP"] = "0"
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ["USAM_STUDY_DATA"] = str(data_dir)
-    from app.main import build_app
+    from app.main import build_app, launch_kwargs
     from study.cases import CaseCache
     from study.db import Database
     from study.service import StudyService
@@ -29,8 +30,12 @@ def launched_app(db_url: str, data_dir: Path) -> Iterator[tuple[str, object, obj
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=4)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False,
-                max_file_size="5mb", show_error=True)
+    ctx.config.host, ctx.config.port = "127.0.0.1", port
+    kw = launch_kwargs(ctx)
+    kw.update(prevent_thread_lock=True, quiet=True)
+    if max_file_size:
+        kw["max_file_size"] = max_file_size
+    demo.launch(**kw)
     try:
         yield f"http://127.0.0.1:{port}/", demo, ctx.study_service
     finally:
