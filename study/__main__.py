@@ -176,6 +176,16 @@ def cmd_drop(args) -> int:
     return 0
 
 
+def cmd_close_registration(args) -> int:
+    """Give the cases of never-claimed reader slots to the registered readers."""
+    from study import ops
+
+    with _db(args).session() as s:
+        placed, unplaced = ops.reassign_unclaimed(s, ops.get_study(s, args.study))
+    print(f"{placed} assignments re-assigned, {unplaced} without a taker")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="python -m study", description="U-SAM Studio observer study")
@@ -236,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("drop-reader", help="drop a reader and re-assign their unfinished cases")
     q.add_argument("login")
     q.set_defaults(fn=cmd_drop)
+    q = sub.add_parser("close-registration", help="re-assign the cases of unclaimed reader slots")
+    q.add_argument("--study", type=int, default=None)
+    q.set_defaults(fn=cmd_close_registration)
     return p
 
 

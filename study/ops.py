@@ -213,17 +213,20 @@ def reassign_items(s: Session, study: Study, items: list[Assignment], group: int
     return mapping
 
 
-def reassign_unclaimed(s: Session, study: Study, actor_id: int | None = None) -> int:
-    """Close registration: the unclaimed slots' cases go to the registered readers."""
-    n = 0
+def reassign_unclaimed(s: Session, study: Study, actor_id: int | None = None) -> tuple[int, int]:
+    """Close registration: the unclaimed slots' cases go to the registered readers.
+
+    Returns (placed, unplaced); a case stays unplaced when every reader already holds it."""
+    placed = unplaced = 0
     for g in (1, 2, 3):
         rows = list(s.scalars(select(Assignment).where(
             Assignment.study_id == study.id, Assignment.group == g, Assignment.clinician_id.is_(None),
             Assignment.status == "pending").order_by(Assignment.slot, Assignment.order)))
-        reassign_items(s, study, rows, g)
-        n += len(rows)
-    audit(s, actor_id, "reassign_unclaimed", f"study:{study.id}", n=n)
-    return n
+        m = reassign_items(s, study, rows, g)
+        placed += sum(v is not None for v in m.values())
+        unplaced += sum(v is None for v in m.values())
+    audit(s, actor_id, "reassign_unclaimed", f"study:{study.id}", placed=placed, unplaced=unplaced)
+    return placed, unplaced
 
 
 def get_study(s: Session, study_id: int | None = None) -> Study:

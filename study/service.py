@@ -424,6 +424,28 @@ class StudyService:
             return {"reassigned": sum(v is not None for v in m.values()),
                     "unplaced": sum(v is None for v in m.values())}
 
+    def reopen(self, token: str, assignment_id: int) -> dict:
+        """Let a reader revise a submitted case (admin); the next submission is a new revision row."""
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            a = s.get(Assignment, _as_int(assignment_id, "assignment"))
+            if a is None or a.status != "submitted":
+                raise NotFound("No submitted assignment with this id.")
+            if s.scalar(select(func.count()).select_from(Assignment).where(
+                    Assignment.clinician_id == a.clinician_id, Assignment.status == "open")):
+                raise Conflict("The reader has another case open; re-open after they submit it.")
+            a.status = "open"
+            ops.audit(s, admin.id, "reopen", f"assignment:{a.id}")
+            return {"id": a.id, "status": a.status}
+
+    def close_registration(self, token: str, study_id: int | None = None) -> dict:
+        """Hand the cases of never-claimed reader slots to the registered readers (admin)."""
+        with self.db.session() as s:
+            admin = self._user(s, token, "admin")
+            st = ops.get_study(s, study_id)
+            placed, unplaced = ops.reassign_unclaimed(s, st, admin.id)
+            return {"reassigned": placed, "unplaced": unplaced}
+
     def readers(self, token: str, study_id: int | None = None) -> list[dict]:
         """Reader list with progress (admin)."""
         with self.db.session() as s:

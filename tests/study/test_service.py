@@ -160,8 +160,11 @@ def test_revision_after_admin_reopen_is_a_new_row(study_env):
     svc, admin, code, sid = study_env
     tok, cv = _reader(svc, code, "fay")
     svc.submit(tok, cv.assignment_id)
-    with svc.db.session() as s:                # an admin re-opens the case (trusted operation)
-        s.get(A, cv.assignment_id).status = "open"
+    with pytest.raises(PermissionDenied):
+        svc.reopen(tok, cv.assignment_id)
+    assert svc.reopen(admin, cv.assignment_id)["status"] == "open"
+    with pytest.raises(NotFound):
+        svc.reopen(admin, cv.assignment_id)    # not submitted any more
     svc.save_slice(tok, cv.assignment_id, cv.start, np.ones((cv.height, cv.width), np.uint8))
     assert svc.submit(tok, cv.assignment_id)["revision"] == 2
     with svc.db.session() as s:
@@ -212,3 +215,23 @@ def test_ai_arm_stores_prompts_output_and_time(tmp_path, tiny_cohort):
         assert sub.arm == "usam_b" and sub.prompt_s == pytest.approx(1.5) and sub.inference_s > 0
     rows = {r["row"] for r in svc.report(admin).rows}
     assert "U-SAM/B (reader boxes)" in rows
+
+
+def test_close_registration_hands_unclaimed_slots_to_registered_readers(study_env):
+    svc, admin, code, sid = study_env
+    svc.register(code, "solo1", "password1", group=1)
+    svc.register(code, "solo2", "password1", group=2)
+    with pytest.raises(PermissionDenied):
+        svc.close_registration(svc.login("solo1", "password1"))
+    res = svc.close_registration(admin)
+    # 18 planned, 2 slots of 3 claimed: 12 unclaimed; each reader can take 3 more distinct cases
+    assert res == {"reassigned": 6, "unplaced": 6}
+    with svc.db.session() as s:
+        open_rows = list(s.scalars(select(Assignment).where(Assignment.status == "pending")))
+        assert all(a.clinician_id is not None for a in open_rows)
+        per_reader = {}
+        for a in open_rows:
+            per_reader.setdefault(a.clinician_id, []).append(a.case_id)
+    # each reader can hold each case once: 6 cases each, every case twice in all
+    assert sorted(len(v) for v in per_reader.values()) == [6, 6]
+    assert all(len(set(v)) == len(v) for v in per_reader.values())
