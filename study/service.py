@@ -73,6 +73,17 @@ class StudyService:
     def register(self, study_code: str, login: str, password: str, name: str = "", group: int | None = None,
                  years: float | None = None, specialty: str = "", address: str = "") -> dict:
         """Create a reader account with the study's registration code (group may be set later)."""
+        if not all(isinstance(v, str) for v in (study_code, login, password, name or "", specialty or "")):
+            raise InvalidInput("Study code, login, password, name and specialty are text.")
+        if years in ("", None):
+            years = None
+        else:
+            try:
+                years = float(years)
+            except (TypeError, ValueError, OverflowError):
+                raise InvalidInput("Years of experience must be a number.") from None
+            if not np.isfinite(years):
+                raise InvalidInput("Years of experience must be a number.")
         with self.db.session() as s:
             study = s.scalar(select(Study).where(Study.code == (study_code or "").strip()))
         if study is None:
@@ -94,6 +105,8 @@ class StudyService:
 
     def login(self, login: str, password: str, address: str = "") -> str:
         """Token for a correct login/password (rate-limited per login and per address)."""
+        if not isinstance(login, str) or not isinstance(password, str):
+            raise AuthError("Wrong login or password.")
         with self.db.session() as s:
             user = authenticate(s, login, password, address)
             if user is None:
@@ -384,7 +397,11 @@ class StudyService:
         """New study (admin): settings as ops.create_study (k, group_sizes, arms, seed, ...)."""
         with self.db.session() as s:
             admin = self._user(s, token, "admin")
-            st = ops.create_study(s, name, actor_id=admin.id, **settings)
+            try:
+                st = ops.create_study(s, name, actor_id=admin.id, **settings)
+            except (TypeError, ValueError, OverflowError):
+                raise InvalidInput("Bad study settings (numbers expected for k, group sizes, seed, thresholds).") \
+                    from None
             return {"id": st.id, "code": st.code}
 
     def import_cases(self, token: str, study_id: int, folder: str) -> int:
