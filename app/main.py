@@ -15,6 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
+from app import gradio_cache  # noqa: E402
 from app import handlers as H  # noqa: E402
 from app.callbacks import Callbacks  # noqa: E402
 from app.context import AppContext  # noqa: E402
@@ -72,6 +73,9 @@ def _close_session(s: Any) -> None:
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     """All tabs and events of the app."""
+    # gradio 6.x (6.31.0 here) rewrites identical cached images in place while they are being
+    # served to another client (truncated downloads under concurrent readers): write atomically
+    gradio_cache.install()
     cb = Callbacks(ctx)
 
     with gr.Blocks(title="U-SAM Studio", delete_cache=DELETE_CACHE, analytics_enabled=False) as demo:
