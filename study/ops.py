@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from study import assignment as asg
@@ -107,19 +107,33 @@ def plan_assignments(s: Session, study: Study) -> int:
 
 def claim_slot(s: Session, study: Study, user: Clinician) -> int:
     """Give a reader of a known group the lowest free slot of that group (in every arm);
-    late registrations past the planned group size get a new slot continuing the cycle."""
+    late registrations past the planned group size get a new slot continuing the cycle.
+
+    Safe under concurrent registrations: the study row is locked for the rest of the
+    transaction (SELECT ... FOR NO KEY UPDATE on PostgreSQL: it does not conflict with the key
+    share lock that inserting the clinician already took through the foreign key, so no
+    deadlock; SQLite ignores it and lets one writer in at a time), and the claim itself is one
+    conditional UPDATE that never takes rows another reader holds. (Without the lock,
+    PostgreSQL let two readers claim the same slot and the first one was left without cases.)"""
     if user.group not in (1, 2, 3):
         raise InvalidInput("Choose experience group 1, 2 or 3.")
+    s.execute(select(Study.id).where(Study.id == study.id).with_for_update(key_share=True))
     if s.scalar(select(func.count()).select_from(Assignment).where(Assignment.clinician_id == user.id)):
         return -1
-    free = s.scalar(select(func.min(Assignment.slot)).where(
-        Assignment.study_id == study.id, Assignment.group == user.group, Assignment.clinician_id.is_(None),
-        Assignment.status == "pending", Assignment.reassigned_from.is_(None)))
-    if free is None:
-        free = _add_slot(s, study, user.group)
-    for a in s.scalars(select(Assignment).where(Assignment.study_id == study.id, Assignment.group == user.group,
-                                                Assignment.slot == free, Assignment.clinician_id.is_(None))):
-        a.clinician_id = user.id
+    for _ in range(20):
+        free = s.scalar(select(func.min(Assignment.slot)).where(
+            Assignment.study_id == study.id, Assignment.group == user.group, Assignment.clinician_id.is_(None),
+            Assignment.status == "pending", Assignment.reassigned_from.is_(None)))
+        if free is None:
+            free = _add_slot(s, study, user.group)
+        claimed = s.execute(update(Assignment).where(
+            Assignment.study_id == study.id, Assignment.group == user.group, Assignment.slot == free,
+            Assignment.clinician_id.is_(None)).values(clinician_id=user.id)
+            .execution_options(synchronize_session=False)).rowcount
+        if claimed:
+            break
+    else:
+        raise Conflict("No reader slot could be claimed; please try again.")
     audit(s, user.id, "claim_slot", f"study:{study.id}", group=user.group, slot=int(free))
     return int(free)
 

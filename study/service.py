@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import case as sql_case
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -90,10 +91,13 @@ class StudyService:
             self._failed_attempt("register:" + str(login)[:50], address)
             raise AuthError("Unknown study code.")
         group = None if group in (None, "", 0) else _as_int(group, "group")
-        with self.db.session() as s:
-            study = s.get(Study, study.id)
-            user = ops.add_clinician(s, login, password, "reader", name, group, years, specialty, study)
-            return {"id": user.id, "login": user.login, "group": user.group}
+        try:
+            with self.db.session() as s:
+                study = s.get(Study, study.id)
+                user = ops.add_clinician(s, login, password, "reader", name, group, years, specialty, study)
+                return {"id": user.id, "login": user.login, "group": user.group}
+        except IntegrityError:   # the same login registered at the same moment by someone else
+            raise Conflict(f"The login {str(login).strip().lower()[:64]!r} is taken.") from None
 
     def _failed_attempt(self, login: str, address: str) -> None:
         from study.auth import check_rate_limit
@@ -173,6 +177,26 @@ class StudyService:
             if cur is None or cur.id != a.id:
                 raise PermissionDenied("Only your next assigned case can be opened.")
         return a
+
+    @staticmethod
+    def _take(s: Session, a: Assignment, status: str | None = None) -> None:
+        """Claim assignment `a` for a write in this transaction if it is still pending or open.
+
+        One conditional UPDATE (pending -> open, or -> `status`): on PostgreSQL it row-locks the
+        assignment until commit, so the saves and the submit of one assignment are serialised;
+        on SQLite it takes the database write lock. Either way the status is checked on the
+        latest committed row, not on what this transaction read before: a save never lands on
+        a case submitted (or re-assigned) in the meantime, and a case is submitted once."""
+        new = status if status is not None else sql_case((Assignment.status == "pending", "open"),
+                                                         else_=Assignment.status)
+        n = s.execute(update(Assignment).where(Assignment.id == a.id, Assignment.status.in_(("pending", "open")))
+                      .values(status=new).execution_options(synchronize_session=False)).rowcount
+        if n != 1:
+            now = s.scalar(select(Assignment.status).where(Assignment.id == a.id))
+            if now == "submitted":
+                raise Conflict("This case is already submitted.")
+            raise NotFound("No such assignment.")
+        s.expire(a, ["status"])
 
     def next_case(self, token: str) -> CaseView | None:
         """The reader's current case (the open one, else the next pending), or None when done."""
@@ -254,6 +278,7 @@ class StudyService:
                     case = s.get(Case, a.case_id)
                     z = self._case_z(case, z)
                     labels = check_labels(mask, (case.shape[1], case.shape[2]))
+                    self._take(s, a)            # still open, and the slice row below is read after the lock
                     row = s.scalar(select(SliceMask).where(SliceMask.assignment_id == a.id, SliceMask.z == z))
                     if row is None:
                         s.add(SliceMask(assignment_id=a.id, z=z, data=encode_mask(labels), height=labels.shape[0],
@@ -264,8 +289,6 @@ class StudyService:
                                     .order_by(AnnotationSession.id.desc()).limit(1))
                     if sess is not None:
                         sess.last_z = z
-                    if a.status == "pending":
-                        a.status = "open"
                     s.add(ActivityEvent(assignment_id=a.id, session_id=sess.id if sess else None, kind="save",
                                         active=True, z=z, t=self.clock()))
                     ops.audit(s, user.id, "save_slice", f"assignment:{a.id}", z=z, source=source,
@@ -348,14 +371,33 @@ class StudyService:
     def submit(self, token: str, assignment_id: int) -> dict:
         """Lock the annotation: assemble start..end, score against the locked GT, store timing.
 
-        The reader gets no scores back (they must not learn the ground truth)."""
+        The reader gets no scores back (they must not learn the ground truth). Scoring runs
+        outside any transaction; the write then claims the assignment (see _take) and checks
+        that no slice changed since it was read (a save from another tab in between: read and
+        score again). Two submits of one case at once store one submission; the other gets
+        Conflict."""
+        for attempt in range(3):
+            try:
+                return self._submit_once(token, assignment_id)
+            except _SlicesChanged:
+                if attempt == 2:
+                    raise Conflict("The slices kept changing while the case was submitted; submit again.") from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _slice_state(s: Session, aid: int) -> dict[int, int]:
+        """{z: save count} of an assignment's slices: any save changes it."""
+        return dict(s.execute(select(SliceMask.z, SliceMask.saves).where(SliceMask.assignment_id == aid)).all())
+
+    def _submit_once(self, token: str, assignment_id: int) -> dict:
         with self.db.session() as s:
             user = self._user(s, token, "reader")
             a = self._owned(s, user, assignment_id)
             case = s.get(Case, a.case_id)
             study = s.get(Study, a.study_id)
-            masks = {r.z: decode_mask(r.data, (r.height, r.width)) for r in
-                     s.scalars(select(SliceMask).where(SliceMask.assignment_id == a.id))}
+            rows = list(s.scalars(select(SliceMask).where(SliceMask.assignment_id == a.id)))
+            masks = {r.z: decode_mask(r.data, (r.height, r.width)) for r in rows}
+            state = {r.z: r.saves for r in rows}
             info = dict(case_paths=(case.volume_path, case.gt_path, case.gt_sha256), start=case.start_slice,
                         end=case.end_slice, spacing=list(case.spacing), h=int(case.shape[1]), w=int(case.shape[2]),
                         tol=study.nsd_tolerance_mm, idle=study.idle_threshold_s, case_id=case.id, aid=a.id,
@@ -370,6 +412,9 @@ class StudyService:
         with self.db.session() as s:
             user = self._user(s, token, "reader")
             a = self._owned(s, user, assignment_id)
+            self._take(s, a, "submitted")       # once: a concurrent submit waits here, then gets Conflict
+            if self._slice_state(s, a.id) != state:
+                raise _SlicesChanged()          # rolls back; read and score again
             now = self.clock()
             s.add(ActivityEvent(assignment_id=a.id, kind="submit", active=True, t=now))
             s.flush()
@@ -386,7 +431,6 @@ class StudyService:
                              wall_s=times.wall_s, prompt_s=p_s, inference_s=inf_s, scores=scores,
                              gt_sha256=info["case_paths"][2], submitted_at=now)
             s.add(sub)
-            a.status = "submitted"
             s.flush()
             ops.audit(s, user.id, "submit", f"assignment:{a.id}", submission=sub.id, revision=rev,
                       slices_saved=len(masks), slices=n)
@@ -517,6 +561,10 @@ class StudyService:
             st = ops.get_study(s, study_id)
             ops.audit(s, admin.id, "export_csv", f"study:{st.id}")
             return export_long_csv(s, st, Path(path))
+
+
+class _SlicesChanged(Exception):
+    """A slice was saved between reading the masks and writing the submission."""
 
 
 def _as_int(v: Any, what: str) -> int:
