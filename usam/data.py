@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from usam.errors import UsamError, VolumeError
+from usam.preprocess import DEFAULT_WINDOW  # one window for training and inference
 
 MODEL_SIZE = 224
-# Pelvic soft-tissue window: rectal wall / tumour (~20-60 HU) against fat (~-100 HU) and air.
-DEFAULT_WINDOW = (-160.0, 240.0)
 SPLITS = ("train", "val", "test", "all")
 LABEL_RESIZE = ("nearest", "onehot")
 

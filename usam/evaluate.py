@@ -319,10 +319,14 @@ def run(args: argparse.Namespace) -> int:
               "split": args.split, "cases": n_cases, "window": [float(w) for w in window],
               "nsd_tolerance_mm": float(args.nsd_tolerance), "prompts": modes,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "protocols": {}}
+    source = cases
+    if len(protocols) > 1 and fmt == "manifest" and n_cases <= 16:
+        loaded = list(cases())  # a few volumes: read them once for both protocols
+        source = lambda: loaded  # noqa: E731
     if "case3d" in protocols:
-        result["protocols"]["case3d"] = evaluate_case3d(cases(), predict_case, modes, args.nsd_tolerance, progress)
+        result["protocols"]["case3d"] = evaluate_case3d(source(), predict_case, modes, args.nsd_tolerance, progress)
     if "reference" in protocols:
-        result["protocols"]["reference"] = evaluate_reference(cases(), predict224, modes, window, progress)
+        result["protocols"]["reference"] = evaluate_reference(source(), predict224, modes, window, progress)
     if args.out:
         for p in write_reports(result, args.out, args.name):
             print(f"wrote {p}", file=sys.stderr)

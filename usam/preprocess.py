@@ -10,7 +10,7 @@ from usam.errors import VolumeError
 SIZE = 224
 MEAN = 0.1364736  # the public code's normalisation of [0, 1] images
 STD = 0.23238614
-DEFAULT_WINDOW = (-150.0, 250.0)  # soft-tissue HU window (W 400 / L 50) when a checkpoint names none
+DEFAULT_WINDOW = (-160.0, 240.0)  # pelvic soft-tissue HU window (W 400 / L 40): wall and tumour against fat and air
 
 
 def preprocess_slices(hu: np.ndarray, window: tuple[float, float] = DEFAULT_WINDOW,
