@@ -13,6 +13,7 @@ import torch
 
 from usam.errors import PromptError
 from usam.model import ImageFeatures, Usam
+from usam.model.fast import is_optimized, optimize_for_inference
 from usam.preprocess import DEFAULT_WINDOW, logits_to_labels, preprocess_slices
 from usam.prompts import Prompts
 
@@ -77,17 +78,29 @@ def default_device() -> torch.device:
 
 class VolumePredictor:
     """U-SAM over one volume. predict(z, prompts) re-runs only the prompt encoder and decoder once
-    slice z's features are cached; encoder_calls counts slices run through the encoder."""
+    slice z's features are cached; encoder_calls counts slices run through the encoder.
+
+    fast=True (default) applies usam.model.fast.optimize_for_inference to the model IN PLACE
+    (idempotent; a model shared by several predictors is optimised once): same weights and the
+    same logits up to fp32 rounding (tests/usam/test_fast.py), smaller cached features, and on
+    CUDA bf16 autocast. fast=False keeps the model's own forwards (the reference path); a model
+    that is already optimised stays optimised.
+    """
 
     def __init__(self, model: Usam, volume: Any, metadata: dict | None = None, device: str | torch.device | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, fast: bool = True) -> None:
         self.volume = volume
         self.metadata = dict(metadata or {})
         self.device = torch.device(device) if device is not None else default_device()
-        param = next(model.parameters())
-        if param.device != self.device:
-            model = model.to(self.device)
-        self.model = model.eval()
+        on_device = next(model.parameters()).device == self.device
+        if fast and not (is_optimized(model) and on_device):  # keep options someone chose before
+            optimize_for_inference(model, self.device)  # also eval() and .to(device)
+        else:
+            param = next(model.parameters())
+            if param.device != self.device:
+                model = model.to(self.device)
+            model.eval()
+        self.model = model
         pre = self.metadata.get("preprocessing") or {}
         self.window = tuple(float(v) for v in (pre.get("window") or DEFAULT_WINDOW))
         self.cache = FeatureCache(cache_bytes)
@@ -105,7 +118,7 @@ class VolumePredictor:
         return tuple(int(s) for s in self.volume.array.shape[1:])  # type: ignore[return-value]
 
     def _autocast(self):
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not is_optimized(self.model):  # the fast path autocasts itself
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -7,6 +7,7 @@ import torch
 
 from usam.errors import PromptError
 from usam.model import build_usam, get_config
+from usam.model.fast import is_optimized, optimize_for_inference, restore_reference
 from usam.predictor import FeatureCache, VolumePredictor
 from usam.preprocess import logits_to_labels, preprocess_slices
 from usam.prompts import Prompts, points_from_mask
@@ -20,10 +21,19 @@ class FakeVolume:  # the predictor needs only .array (z, y, x) float32 HU
     source: dict = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
-def model():
+def _demo():
     torch.manual_seed(0)
     return build_usam(get_config("demo")).eval()
+
+
+@pytest.fixture(scope="module")
+def model():  # the predictors optimise it in place (fast path, the default)
+    return _demo()
+
+
+@pytest.fixture(scope="module")
+def reference():  # same weights, never optimised
+    return _demo()
 
 
 @pytest.fixture
@@ -53,14 +63,41 @@ def test_encoder_runs_once_per_slice_however_many_prompts(model, volume):
     assert pred.encoder_calls == 2
 
 
-def test_predict_equals_direct_model_call(model, volume):
-    pred = VolumePredictor(model, volume, META, device="cpu")
+@pytest.mark.parametrize("fast", [True, False])
+def test_predict_equals_direct_reference_model_call(model, reference, volume, fast):
+    pred = VolumePredictor(model if fast else reference, volume, META, device="cpu", fast=fast)
+    assert is_optimized(pred.model) == fast
     p = Prompts(points=[[60, 70]], point_labels=[1], point_classes=[2])
     r = pred.predict(1, p)
     with torch.inference_mode():
-        logits = model(preprocess_slices(volume.array[1], (-150, 250)), [p])
+        logits = reference(preprocess_slices(volume.array[1], (-150, 250)), [p])
     labels, probs = logits_to_labels(logits, (96, 80))
     np.testing.assert_allclose(r.probs, probs[0], atol=1e-5)
+
+
+def test_fast_path_is_the_default_and_shared_models_are_optimised_once(volume):
+    shared = _demo()
+    a = VolumePredictor(shared, volume, META, device="cpu")
+    assert is_optimized(shared) and a.model is shared
+    encode = shared.encode
+    b = VolumePredictor(shared, volume, META, device="cpu")
+    assert shared.encode is encode  # not re-bound: features cached by `a` stay valid
+    np.testing.assert_array_equal(a.predict(0, None).labels, b.predict(0, None).labels)
+    # options chosen by the caller are kept
+    optimize_for_inference(shared, "cpu", channels_last=False)
+    VolumePredictor(shared, volume, META, device="cpu")
+    assert shared._usam_fast.channels_last is False
+    # fast=False leaves an already optimised model alone (its features would not fit the reference)
+    VolumePredictor(shared, volume, META, device="cpu", fast=False)
+    assert is_optimized(shared)
+    restore_reference(shared)
+
+
+def test_fast_and_reference_volumes_agree(model, reference, volume):
+    fast = VolumePredictor(model, volume, META, device="cpu").predict_volume(batch_size=3)
+    ref = VolumePredictor(reference, volume, META, device="cpu", fast=False).predict_volume(batch_size=3)
+    assert not is_optimized(reference)
+    assert (fast != ref).mean() < 1e-3  # argmax ties aside, the same labels
 
 
 def test_predict_volume_batches_progress_and_reuses_cache(model, volume):
@@ -84,9 +121,14 @@ def test_predict_volume_batches_progress_and_reuses_cache(model, volume):
         pred.predict_volume(z_range=(0, 9))
 
 
-def test_cache_is_bounded_in_bytes(model, volume):
-    per_slice = 4 * (8 * 224**2 + 16 * 112**2 + 32 * 56**2 + 64 * 28**2 + 128 * 14**2)
-    pred = VolumePredictor(model, volume, META, device="cpu", cache_bytes=2 * per_slice + 10)
+@pytest.mark.parametrize("fast", [True, False])
+def test_cache_is_bounded_in_bytes(model, reference, volume, fast):
+    if fast:  # cached skips are the up blocks' skip parts: up1..up4 widths 8, 8, 16, 32 (demo)
+        per_slice = 4 * (8 * 224**2 + 8 * 112**2 + 16 * 56**2 + 32 * 28**2 + 128 * 14**2)
+    else:  # raw skips f0..f3
+        per_slice = 4 * (8 * 224**2 + 16 * 112**2 + 32 * 56**2 + 64 * 28**2 + 128 * 14**2)
+    model = model if fast else reference
+    pred = VolumePredictor(model, volume, META, device="cpu", cache_bytes=2 * per_slice + 10, fast=fast)
     for z in (0, 1, 2):
         pred.predict(z, None)
     assert len(pred.cache) == 2 and pred.cache.nbytes == 2 * per_slice
@@ -95,7 +137,7 @@ def test_cache_is_bounded_in_bytes(model, volume):
     assert pred.encoder_calls == 3
     pred.predict(0, None)  # evicts 2, the least recently used
     assert pred.encoder_calls == 4 and 2 not in pred.cache and 1 in pred.cache
-    tiny = VolumePredictor(model, volume, META, device="cpu", cache_bytes=10)
+    tiny = VolumePredictor(model, volume, META, device="cpu", cache_bytes=10, fast=fast)
     assert tiny.predict(0, None).labels.shape == (96, 80) and len(tiny.cache) == 0
 
 
