@@ -61,7 +61,9 @@ def _hex(rgb: tuple[int, int, int]) -> str:
 
 def grey_rgb(hu: np.ndarray, preset: str | None) -> np.ndarray:
     """Display slice (h, w, 3) uint8 through a window preset (display only)."""
-    w, l = WINDOW_PRESETS.get(preset or DEFAULT_PRESET, WINDOW_PRESETS[DEFAULT_PRESET])
+    # unknown presets (also non-text values sent to the API) fall back to the default window
+    w, l = WINDOW_PRESETS.get(preset if isinstance(preset, str) and preset else DEFAULT_PRESET,
+                              WINDOW_PRESETS[DEFAULT_PRESET])
     g = apply_window(hu, Window(w, l))
     return np.repeat(g[..., None], 3, axis=2)
 
@@ -100,10 +102,18 @@ def labels_from_editor(value: Any, hw: tuple[int, int]) -> np.ndarray:
     labels = np.zeros(tuple(hw), np.uint8)
     if not isinstance(value, dict):
         return labels
-    layers = [np.asarray(x) for x in (value.get("layers") or []) if x is not None]
+    raw = value.get("layers") or []
+    if not isinstance(raw, (list, tuple)):
+        raise gr.Error("The drawing could not be read (layers must be a list of images).", title="Not done",
+                       print_exception=False)
+    layers = [np.asarray(x) for x in raw if x is not None]
     for layer in layers:
-        if layer.ndim != 3 or layer.shape[2] < 3:
+        if layer.ndim != 3 or layer.shape[2] < 3 or layer.size == 0:
             continue
+        if not (np.issubdtype(layer.dtype, np.number) or layer.dtype == np.bool_):
+            raise gr.Error("The drawing could not be read (a layer is not an image).", title="Not done",
+                           print_exception=False)
+        layer = np.nan_to_num(layer.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         layer = _fit(layer, hw)
         alpha = layer[..., 3] if layer.shape[2] == 4 else np.full(layer.shape[:2], 255, np.uint8)
         painted = alpha >= 64
@@ -130,6 +140,45 @@ def _err(fn: Callable) -> Callable:
             raise gr.Error(f"Internal error ({type(exc).__name__}).", title="Internal error") from exc
 
     return wrapper
+
+
+def _not_done(msg: str) -> gr.Error:
+    return gr.Error(msg, title="Not done", print_exception=False)
+
+
+def _slice_number(z: Any) -> int:
+    """A slice number from the slider / API: a finite number (clamped to the case range later)."""
+    try:
+        v = float(z)
+    except (TypeError, ValueError, OverflowError):
+        raise _not_done("The slice number must be a number.") from None
+    if not np.isfinite(v) or isinstance(z, bool):
+        raise _not_done("The slice number must be a number.")
+    return int(max(min(v, 2**31), -2**31))
+
+
+def _click_xy(index: Any, hw: tuple[int, int]) -> tuple[float, float]:
+    """Pixel (x, y) of a click on the prompt image; refused unless finite and inside the slice."""
+    try:
+        x, y = (float(v) for v in list(index)[:2])
+    except (TypeError, ValueError, OverflowError):
+        raise _not_done("Click on the image to place a prompt.") from None
+    if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < hw[1] and 0 <= y < hw[0]):
+        raise _not_done("Click inside the image to place a prompt.")
+    return x, y
+
+
+def _point_class(cls: Any) -> int:
+    """Point class 1 (normal rectal wall) or 2 (tumor); the default 1 when none is chosen."""
+    if cls in (None, ""):
+        return 1
+    try:
+        c = float(cls)
+    except (TypeError, ValueError, OverflowError):
+        c = float("nan")
+    if c not in (1.0, 2.0) or isinstance(cls, bool):
+        raise _not_done("Choose the point class: normal rectal wall or tumor.")
+    return int(c)
 
 
 def _address(request: gr.Request | None) -> str:
@@ -175,9 +224,8 @@ class StudyTab:
     def register(self, code, login, password, name, group, years, specialty, request: gr.Request = None):
         """Create a reader account with the study code."""
         self.ensure_study()
-        yrs = None if years in (None, "") else float(years)
-        grp = None if group in (None, "", 0) else int(group)
-        u = self.svc.register(code, login, password, name or "", grp, yrs, specialty or "", _address(request))
+        # group and years are checked by the service (clear messages for any value an API client sends)
+        u = self.svc.register(code, login, password, name or "", group, years, specialty or "", _address(request))
         return f"Account **{u['login']}** created. Log in to start."
 
     def login(self, login, password, preset, request: gr.Request = None):
@@ -242,8 +290,9 @@ class StudyTab:
     def goto(self, token, cur, editor, z, preset):
         """Save the current slice, then show slice z (slider)."""
         cur = self._need(cur)
+        z = _slice_number(z)                     # checked before anything is saved
         self._save(token, cur, editor)
-        cur["z"] = int(min(max(int(z), cur["start"]), cur["end"]))
+        cur["z"] = int(min(max(z, cur["start"]), cur["end"]))
         # navigation is input activity, and the server remembers the slice for resuming
         self.svc.heartbeat(token, cur["aid"], True, True, cur["z"])
         return (cur,) + self._show(token, cur, preset)
@@ -307,14 +356,15 @@ class StudyTab:
         """A click on the prompt image: a point (U-SAM/P) or a box corner (U-SAM/B), with its time."""
         cur = self._need(cur)
         self.svc.me(token)                                    # refuses unauthenticated callers
-        x, y = (float(v) for v in evt.index[:2])
+        x, y = _click_xy(getattr(evt, "index", None), (cur["h"], cur["w"]))
+        cls = _point_class(cls)
         now = time.time()
         ms = (now - cur.get("last_prompt", cur["shown"])) * 1000.0
         cur["last_prompt"] = now
         if cur["arm"] == "usam_b":
             cur["box"] = (cur["box"] + [(x, y, ms)])[-2:]
         elif cur["arm"] == "usam_p":
-            cur["points"].append((x, y, int(cls or 1), True, ms))
+            cur["points"].append((x, y, cls, True, ms))
         return cur, self._marked(token, cur, preset), self._prompt_text(cur)
 
     def _marked(self, token, cur, preset) -> np.ndarray:
