@@ -119,7 +119,9 @@ def live_app():
 
     # the demo weights are trained on full-size (512^2) phantoms: test on those
     ctx = AppContext(AppConfig(host="127.0.0.1", port=_free_port(), device="cpu", demo_size="full"))
-    demo = build_app(ctx)
+    from tests.reliability.helpers import for_tests
+
+    demo = for_tests(build_app(ctx))
     demo.queue(default_concurrency_limit=2)
     kw = launch_kwargs(ctx)
     kw.update(prevent_thread_lock=True, quiet=True)

@@ -55,7 +55,9 @@ def study_app(tmp_path_factory, tiny_cohort):
     from app.main import build_app, launch_kwargs
 
     ctx = _Ctx(_port(), svc)
-    demo = build_app(ctx)
+    from tests.reliability.helpers import for_tests
+
+    demo = for_tests(build_app(ctx))
     demo.queue(default_concurrency_limit=4)
     kw = launch_kwargs(ctx)
     kw.update(prevent_thread_lock=True, quiet=True)

@@ -53,9 +53,24 @@ def make_study_db(url: str, cohort: Path, group_sizes=(15, 14, 17), k: int = 3, 
     return sid
 
 
+def for_tests(demo):
+    """An app built in the test process, before launch: no shutdown clean-up of Gradio's cache.
+
+    Apps in one process share its Gradio cache (GRADIO_TEMP_DIR is read per request), the cache
+    is content-addressed (the same blank layer or slice image is one file for every app), and an
+    app deletes every file it created when it shuts down. A closing test app (its shutdown can
+    outlast Blocks.close()'s 5 s join on a loaded machine) deleted images another live test app
+    had just handed out: 403 on download. The app's own set-up is otherwise unchanged; the test
+    session's cache folder is removed at the end (tests/conftest.py)."""
+    demo.delete_cache = None
+    return demo
+
+
 def server_env(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment of an app subprocess: this study database and data folder, its own Gradio cache."""
     env = dict(os.environ)
     env.update(USAM_STUDY_DB=db_url, USAM_STUDY_DATA=str(data_dir), USAM_STUDY_WARMUP="0",
+               GRADIO_TEMP_DIR=str(Path(data_dir) / "gradio_cache"),
                USAM_STUDY_DEMO_SIZE="small", GRADIO_ANALYTICS_ENABLED="False", USAM_DEVICE="cpu",
                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.update(extra)
@@ -117,11 +132,20 @@ def running_app(env: dict[str, str], log_path: Path) -> Iterator[AppProcess]:
         app.stop()
 
 
+# Per-request limits of the test clients: httpx's default 5 s (gradio_client's file uploads and
+# downloads use it) fails requests that are merely queued on a loaded 2-core machine; a browser
+# waits too. A server that makes no progress is still caught by these limits and the tests' caps.
+HTTP_TIMEOUT_S = float(os.environ.get("USAM_TEST_HTTP_TIMEOUT", "300"))
+
+
 def client(url: str, downloads: Path | None = None):
+    """gradio_client.Client that downloads output files like a browser (into `downloads` if given)."""
+    import httpx
     from gradio_client import Client
 
     kw = {"download_files": str(downloads)} if downloads else {}
-    return Client(url, verbose=False, analytics_enabled=False, **kw)
+    return Client(url, verbose=False, analytics_enabled=False,
+                  httpx_kwargs={"timeout": httpx.Timeout(HTTP_TIMEOUT_S, connect=60.0)}, **kw)
 
 
 def val(v):

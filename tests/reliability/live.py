@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from tests.reliability.helpers import free_port
+from tests.reliability.helpers import for_tests, free_port
 
 
 @contextlib.contextmanager
@@ -27,7 +27,7 @@ def launched_app(db_url: str, data_dir: Path, max_file_size: str | None = None) 
     db = Database(db_url)
     ctx.study_service = StudyService(db, cache=CaseCache(), predictor_factory=ctx.new_predictor,
                                      model_name="fake", checkpoint_hash="f" * 64)
-    demo = build_app(ctx)
+    demo = for_tests(build_app(ctx))
     demo.queue(default_concurrency_limit=4)
     port = free_port()
     ctx.config.host, ctx.config.port = "127.0.0.1", port

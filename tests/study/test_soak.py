@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.reliability.helpers import cheap_argon2, make_study_db, running_app, server_env
-from tests.reliability.soak import percentile, run_clinicians, verify
+from tests.reliability.soak import STALL_S, SETUP_S, percentile, run_clinicians, verify
 from tests.study.conftest import write_tiny_cohort
 
 N = int(os.environ.get("USAM_SOAK_CLINICIANS", "46"))
@@ -35,6 +36,7 @@ def _database(backend: str, tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SETUP_S + SECONDS + STALL_S + 1200)   # the bounds of soak.py plus start-up and checks
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_soak_many_clinicians(backend, tmp_path, capsys):
     cheap_argon2()                                  # admin set-up in this process only
@@ -44,7 +46,9 @@ def test_soak_many_clinicians(backend, tmp_path, capsys):
         uploads = tmp_path / "layers"
         uploads.mkdir()
         with running_app(server_env(url, tmp_path / "data"), tmp_path / "app.log") as app:
+            load0, t0 = os.getloadavg()[0], time.monotonic()
             ledgers = run_clinicians(app.url, N, SECONDS, uploads)
+            wall, load1 = time.monotonic() - t0, os.getloadavg()[0]
             log = app.log()
         errors = [f"{l.login}: {e}" for l in ledgers for e in l.errors]
         assert not errors, "\n".join(errors[:5]) + "\n--- server log ---\n" + log[-3000:]
@@ -55,7 +59,9 @@ def test_soak_many_clinicians(backend, tmp_path, capsys):
                "slices_stored": res["slices"], "submissions": res["submissions"],
                "save_p50_ms": round(percentile(saves, 50), 1), "save_p95_ms": round(percentile(saves, 95), 1),
                "save_max_ms": round(max(saves), 1) if saves else None,
-               "submit_p95_ms": round(percentile(subs, 95), 1), "problems": len(res["problems"])}
+               "submit_p95_ms": round(percentile(subs, 95), 1), "images_downloaded": sum(l.images for l in ledgers),
+               "problems": len(res["problems"]), "wall_s": round(wall, 1), "cpus": os.cpu_count(),
+               "loadavg_1m": [round(load0, 1), round(load1, 1)]}
     with capsys.disabled():
         print("\nSOAK " + json.dumps(figures))
     out = os.environ.get("USAM_RELIABILITY_OUT")
@@ -63,7 +69,11 @@ def test_soak_many_clinicians(backend, tmp_path, capsys):
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / f"soak_{backend}.json").write_text(json.dumps(figures, indent=1))
     assert not res["problems"], "\n".join(res["problems"][:20])
-    assert all(l.case is not None or l.finished for l in ledgers)
+    # every clinician had work (a case open, or all submitted): none was left without cases
+    idle = [l.login for l in ledgers if l.case is None and not l.finished]
+    assert not idle, f"clinicians without a case: {idle}"
     # the load really happened: every clinician saved, and cases were submitted
     assert all(sum(l.save_calls.values()) > 0 for l in ledgers)
     assert res["submissions"] > 0 and res["saves"] >= N
+    # and the output images were downloaded complete, as a browser loads them
+    assert all(l.images > 0 for l in ledgers)
