@@ -1,10 +1,12 @@
 """Crashes: `python app.py` is killed with SIGKILL in the middle of annotation (one save in
 flight); after a restart every acknowledged slice is there with its content, the database is
 intact, and the clinician resumes at the same case and slice and can submit. A backup taken
-with `python -m study backup` while the server runs restores to an identical study (same
-`python -m study export` output and the same rows in every table)."""
+while the server runs restores to an identical study (same `python -m study export` output and
+the same rows in every table): `python -m study backup` on SQLite, pg_dump / pg_restore (the
+documented way) on PostgreSQL."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import subprocess
@@ -12,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import select
 
@@ -58,11 +61,71 @@ def _study_cli(db_url: str, *args: str) -> str:
     return p.stdout
 
 
-def test_kill9_mid_annotation_then_resume_and_backup_restore(tmp_path):
+@contextlib.contextmanager
+def _database(backend: str, tmp_path):
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+    else:
+        from tests.pg import pg_or_fail
+
+        with pg_or_fail("usam_crash") as url:
+            yield url
+
+
+def _check_intact(url: str) -> None:
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.split("///", 1)[1]) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    else:   # the server survived its client's crash; every table readable
+        assert table_snapshot(url)
+
+
+def _pg_tool(name: str) -> str:
+    from tests.pg import pg_bin
+
+    return str(pg_bin() / name)
+
+
+def _pg_args(url: str) -> tuple[list[str], str]:
+    """(-h/-p/-U arguments, database name) of a postgresql+psycopg://user@host:port/db URL."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return ["-h", u.host, "-p", str(u.port), "-U", u.username], u.database
+
+
+def _backup_and_restore(url: str, tmp_path) -> str:
+    """Back up the live database and restore it as a new one; the restored database's URL."""
+    if url.startswith("sqlite"):
+        backup = tmp_path / "backup" / "study-backup.db"
+        assert "backup written" in _study_cli(url, "backup", str(backup))
+        restored = tmp_path / "restored" / "study.db"
+        restored.parent.mkdir()
+        shutil.copy(backup, restored)
+        return f"sqlite:///{restored}"
+    # the SQLite backup command says to use pg_dump on PostgreSQL
+    p = subprocess.run([sys.executable, "-m", "study", "--db", url, "backup", str(tmp_path / "x.db")],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "pg_dump" in p.stderr
+    conn, name = _pg_args(url)
+    dump = tmp_path / "study.dump"
+    for cmd in ([_pg_tool("pg_dump"), *conn, "-Fc", "-f", str(dump), name],
+                [_pg_tool("createdb"), *conn, "usam_restored"],
+                [_pg_tool("pg_restore"), *conn, "--exit-on-error", "-d", "usam_restored", str(dump)]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (cmd[0], r.stderr[-2000:])
+    return url.rsplit("/", 1)[0] + "/usam_restored"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_kill9_mid_annotation_then_resume_and_backup_restore(backend, tmp_path):
+    with _database(backend, tmp_path) as url:
+        _crash_resume_backup(url, tmp_path)
+
+
+def _crash_resume_backup(url: str, tmp_path) -> None:
     cheap_argon2()
     cohort = write_tiny_cohort(tmp_path / "cohort", 6)
-    db_path = tmp_path / "study.db"
-    url = f"sqlite:///{db_path}"
     make_study_db(url, cohort, group_sizes=(2, 2, 2), k=3)
     env = server_env(url, tmp_path / "data")
     layers = tmp_path / "layers"
@@ -95,9 +158,8 @@ def test_kill9_mid_annotation_then_resume_and_backup_restore(tmp_path):
     finally:
         app.stop()
 
-    # the database file is intact and every acknowledged slice is there, unchanged
-    with sqlite3.connect(db_path) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # the database is intact and every acknowledged slice is there, unchanged
+    _check_intact(url)
     stored = _stored(url, "crash.reader")
     for zz, d in acked.items():
         assert stored.get(zz) == d, f"slice {zz} lost or changed by the crash"
@@ -126,9 +188,8 @@ def test_kill9_mid_annotation_then_resume_and_backup_restore(tmp_path):
         out = c.predict(editor_payload(pattern(7, k, z, 2), layers, f"t{z}"), PRESET, api_name="/study_submit")
         assert "Case submitted" in out[0]
 
-        # backup while the server runs, then "restore" it as the database of a new server
-        backup = tmp_path / "backup" / "study-backup.db"
-        assert "backup written" in _study_cli(url, "backup", str(backup))
+        # backup while the server runs, then restore it as a new database
+        rurl = _backup_and_restore(url, tmp_path)
     finally:
         app.stop()
 
@@ -144,10 +205,6 @@ def test_kill9_mid_annotation_then_resume_and_backup_restore(tmp_path):
     for zz in acked:                                    # saved before the crash, never touched again
         assert digest(arr[zz - start]) == acked[zz]
 
-    restored = tmp_path / "restored" / "study.db"
-    restored.parent.mkdir()
-    shutil.copy(backup, restored)
-    rurl = f"sqlite:///{restored}"
     _study_cli(url, "export", str(tmp_path / "exp_live"))
     _study_cli(rurl, "export", str(tmp_path / "exp_restored"))
     live_csv = (tmp_path / "exp_live" / "annotations_long.csv").read_text()
