@@ -45,13 +45,21 @@ def _ring_target(payload_z: int, size: str):
 
     from app.handlers import demo_case
 
+    from scipy.ndimage import distance_transform_edt
+
     lab = demo_case(0, size).labels[payload_z]
     wall = lab == 1
     ys, xs = np.nonzero(wall)
     inner = [(x, y) for y, x in zip(ys, xs) if wall[y - 1:y + 2, x - 1:x + 2].all()] or list(zip(xs, ys))
-    x, y = inner[len(inner) // 2]
+    # the wall pixel farthest from the tumor: a clear normal-wall target (the demo model
+    # over-calls tumor into the wall right beside it on this case)
+    far = distance_transform_edt(lab != 2) if (lab == 2).any() else np.ones_like(lab, dtype=float)
+    x, y = max(inner, key=lambda p: far[p[1], p[0]])
+    # a second wall pixel clear of the click's marker (6.5 px radius + stroke on the canvas)
+    away = [p for p in inner if (p[0] - x) ** 2 + (p[1] - y) ** 2 >= 16 ** 2] or inner
+    px, py = max(away, key=lambda p: far[p[1], p[0]])
     h, w = lab.shape
-    return (x + 0.5) / w, (y + 0.5) / h
+    return (x + 0.5) / w, (y + 0.5) / h, (px + 0.5) / w, (py + 0.5) / h
 
 
 def test_page_loads_click_changes_overlay(browser, live_app):
@@ -66,7 +74,7 @@ def test_page_loads_click_changes_overlay(browser, live_app):
     assert "U-SAM Studio" in page.title()
     assert "Not for clinical use" in page.locator("#usam-weights-note").inner_text()
     z = int(page.locator("#usam-viewer .uv-tl b").inner_text())
-    fx, fy = _ring_target(z, ctx.config.demo_size)
+    fx, fy, px, py = _ring_target(z, ctx.config.demo_size)
     before = page.evaluate(CANVAS_STATS, [fx, fy])
 
     box = page.locator("#usam-viewer canvas").bounding_box()
@@ -81,7 +89,7 @@ def test_page_loads_click_changes_overlay(browser, live_app):
     assert after["hash"] != before["hash"]
     assert "decoder" in page.locator("#usam-timing").inner_text()
     if DEMO_CKPT.is_file():  # trained demo weights: the clicked wall turns red
-        probe = page.evaluate(CANVAS_STATS, [fx + 2.5 / box["width"], fy])  # beside the point marker
+        probe = page.evaluate(CANVAS_STATS, [px, py])  # more wall, away from the point marker
         assert probe["r"] > probe["b"] + 20
 
     # keyboard: arrow up moves one slice superior
