@@ -36,7 +36,7 @@ GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 CPU_TARGETS = {"decode_p95_ms": 40.0, "volume_ms_per_slice": 250.0}
 # FastOptions switches measured one by one with --ablate
 SWITCHES = ("sdpa_vit", "sdpa_decoder", "fold_bn", "split_skips", "channels_last", "merge_lora", "subpixel_up",
-            "gemm_upconv", "gemm_head", "batched_hyper")
+            "gemm_head", "batched_hyper")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +91,27 @@ def load_avg() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return []
+
+
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(busy seconds of all CPUs, total seconds of all CPUs, this process's CPU seconds); None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [float(v) for v in fields]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0.0)  # idle + iowait
+    own = os.times()
+    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz, own.user + own.system
+
+
+def others_cpu_share(start: tuple | None, end: tuple | None) -> float | None:
+    """Fraction of the machine's CPU time used by OTHER processes between two snapshots (0 = idle machine)."""
+    if not start or not end or end[1] <= start[1]:
+        return None
+    busy, total, own = (e - s for s, e in zip(start, end))
+    return round(max(0.0, busy - own) / total, 3)
 
 
 def reset_peak_rss() -> bool:
@@ -312,15 +333,15 @@ def measure_ablation(model: Usam, args: argparse.Namespace, device: torch.device
     return rows
 
 
-def max_logit_difference(model: Usam, device: torch.device, prompts: list[Prompts], seed: int) -> float:
-    """max |optimised - reference| logits on two images with prompts (the model ends optimised)."""
+def max_logit_difference(model: Usam, device: torch.device, prompts: list[Prompts], seed: int) -> tuple[float, float]:
+    """(max |optimised - reference| logits, max |reference logit|) on two images with prompts (ends optimised)."""
     x = _images(2, seed + 99, device)
     p = [prompts[1 % len(prompts)], None]
     restore_reference(model)
     with torch.inference_mode():
         ref = model(x, p).float()
     optimize_for_inference(model, device)
-    return float((model(x, p).float() - ref).abs().max())
+    return float((model(x, p).float() - ref).abs().max()), float(ref.abs().max())
 
 
 def bench_config(config: str, args: argparse.Namespace, device: torch.device, batch_sizes: list[int]) -> dict[str, Any]:
@@ -343,7 +364,7 @@ def bench_config(config: str, args: argparse.Namespace, device: torch.device, ba
             ref["case"].update(memory.row())
             ref.update(memory.total())
             res["reference"] = ref
-        res["max_abs_logit_diff"] = max_logit_difference(model, device, prompts, args.seed)
+        res["max_abs_logit_diff"], res["max_abs_logit"] = max_logit_difference(model, device, prompts, args.seed)
         memory.start()
         opt = measure_encode_decode(model, args, device, prompts)
         opt["click_cached_predictor_ms"] = measure_cached_click(model, volume, prompts, device)
@@ -404,7 +425,9 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"Warm-up {a.get('warmup')}, {a.get('repeats')} repetitions (medians), {a.get('prompts')} prompts.", ""]
     for r in report["results"]:
         ref, opt, rat = r.get("reference"), r["optimized"], r["ratios"]
-        lines += [f"### {r['config']} ({r['weights']}, {r['device']})", "",
+        share = r.get("others_cpu_share")
+        busy = "" if share is None else f"; other processes used {100 * share:.0f}% of the machine's CPU meanwhile"
+        lines += [f"### {r['config']} ({r['weights']}, {r['device']}{busy})", "",
                   "| figure | reference / naive | optimised | ratio |", "|---|---|---|---|"]
 
         def row(name, a, b, ratio=""):
@@ -436,7 +459,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         row(f"{oc['slices']}-slice case end to end, s ({oc['size']}^2; naive: batch-1 loop; "
             f"optimised: VolumePredictor, batch {oc['batch']})", refv("case", "seconds"), oc["seconds"],
             rat.get("case_naive_vs_opt", ""))
-        row("max abs logit difference (optimised vs reference)", "", f"{r['max_abs_logit_diff']:.2e}", "")
+        scale = f" (max abs logit {r['max_abs_logit']:.3g})" if "max_abs_logit" in r else ""
+        row("max abs logit difference (optimised vs reference)", "", f"{r['max_abs_logit_diff']:.2e}{scale}", "")
         row("peak memory", _mem(ref) if ref else "-", _mem(opt), "")
         cuda = "cuda_max_allocated_mb" in opt["volume"][0]
         lines += ["", "| batch | ms / slice | slices / s | peak RSS MiB |" + (" CUDA max alloc MiB |" if cuda else ""),
@@ -480,7 +504,11 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for config in args.config:
         print(f"benchmarking {config} on {device} ...", flush=True)
-        results.append(bench_config(config, args, device, batch_sizes))
+        start = cpu_snapshot()
+        r = bench_config(config, args, device, batch_sizes)
+        r["others_cpu_share"] = others_cpu_share(start, cpu_snapshot())
+        r["load_avg_after"] = load_avg()
+        results.append(r)
     report["results"] = results
     report["load_avg_after"] = load_avg()
     report["targets"] = target_lines(report)

@@ -96,3 +96,15 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     assert report["machine"]["nproc"] >= 1 and report["machine"]["torch"]
     assert "### demo" in (tmp_path / "bench.md").read_text()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_others_cpu_share():
+    a = bench.cpu_snapshot()
+    sum(i * i for i in range(200_000))  # some CPU of our own
+    b = bench.cpu_snapshot()
+    if a is None:
+        pytest.skip("no /proc/stat")
+    share = bench.others_cpu_share(a, b)
+    assert share is None or 0.0 <= share <= 1.0
+    assert bench.others_cpu_share((0.0, 10.0, 0.0), (6.0, 20.0, 3.0)) == 0.3
+    assert bench.others_cpu_share(None, b) is None

@@ -9,7 +9,7 @@ from torch import nn
 from usam.errors import UsamError
 from usam.model import build_usam, get_config
 from usam.model.fast import (FastOptions, conv1x1_gemm, fold_conv_bn, hypernetworks, is_optimized,
-                             optimize_for_inference, pick_device, restore_reference, subpixel_up, upconv_gemm)
+                             optimize_for_inference, pick_device, restore_reference, subpixel_up)
 from usam.model.up_block import UpBlock
 from usam.prompts import Prompts
 
@@ -17,7 +17,7 @@ from usam.prompts import Prompts
 # reorders sums (folded BN, split convs, fused attention); measured differences are ~1e-7.
 REL_BOUND = 1e-5
 SWITCHES = ("sdpa_vit", "sdpa_decoder", "fold_bn", "split_skips", "channels_last", "merge_lora", "subpixel_up",
-            "gemm_upconv", "gemm_head", "batched_hyper")
+            "gemm_head", "batched_hyper")
 
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -194,20 +194,6 @@ def test_switches_are_the_options():
     assert set(SWITCHES) == names
     from usam import bench
     assert set(bench.SWITCHES) == names
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_upconv_gemm_equals_conv_transpose(channels_last):
-    torch.manual_seed(4)
-    up = nn.ConvTranspose2d(6, 5, kernel_size=2, stride=2)
-    x = torch.randn(2, 6, 7, 9)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        ref, out = up(x), upconv_gemm(up, x)
-    assert out.shape == ref.shape == (2, 5, 14, 18)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert (out - ref).abs().max().item() < 1e-6
 
 
 @pytest.mark.parametrize("channels_last,bias,skip", [(True, True, 4), (False, True, 0), (True, False, 3)])

@@ -17,8 +17,8 @@ one switched off (docs/BENCHMARKS.md):
 - Up blocks, sub-pixel: the transposed conv (k2, s2) followed by the 3x3 conv of its output is
   one 2x2 conv with 4x the output channels on the low-resolution grid (each output phase reads
   only 2x2 input pixels): 16/36 of the multiplies and no transposed conv.
-- Transposed convs outside that path as one GEMM + pixel shuffle; the final 1x1 conv as a GEMM;
-  the 32 hypernetwork MLPs as batched matmuls; mask maps kept NHWC.
+- The final 1x1 conv (32 -> 3 channels) as a GEMM over pixels; the 32 hypernetwork MLPs as
+  three batched matmuls; the 112^2 mask maps kept NHWC.
 - channels_last (NHWC) for the CNN parts: oneDNN's convolutions run without layout reorders.
 - LoRA (if any) merged into the qkv weight: one matmul instead of five.
 - bf16 autocast on GPU only; optional torch.compile of the ViT on GPU.
@@ -70,7 +70,6 @@ class FastOptions:
     channels_last: bool = True
     merge_lora: bool = True
     subpixel_up: bool = True  # up block: convT + first 3x3 conv (up part) as one 2x2 conv on the low-res grid
-    gemm_upconv: bool = True  # ConvTranspose2d(k2, s2) of the up blocks as one GEMM + pixel shuffle
     gemm_head: bool = True  # the final 1x1 conv (32 -> 3 channels) as a GEMM over pixels
     batched_hyper: bool = True  # the hypernetwork MLPs (one per mask token) as batched matmuls
     inference_mode: bool = True
@@ -240,18 +239,37 @@ def _subpixel_bias_map(block: UpBlock, h2: int, w2: int) -> torch.Tensor | None:
     return _cached(block, f"bmap{h2}x{w2}", sources, make, (block._usam_cl,))
 
 
-def subpixel_up(block: UpBlock, x: torch.Tensor) -> torch.Tensor:
-    """conv3x3_up(convT(x)) without biases, as one 2x2 conv on x and a phase interleave (channels_last out)."""
+def _subpixel_phases(block: UpBlock, x: torch.Tensor) -> torch.Tensor:
+    """The 2x2 conv's output as (B, h+1, w+1, 2, 2, Cout): phase (a, c) of pixel (2i+a, 2j+c) is at [i+a, j+c, a, c]."""
     b, _, h, w = x.shape
     k = _subpixel_weights(block)
     cout = k.shape[0] // 4
-    out = F.conv2d(x, k, None, padding=1)  # (B, 4*Cout, h+1, w+1)
-    o = out.permute(0, 2, 3, 1).reshape(b, h + 1, w + 1, 2, 2, cout)
-    y = out.new_empty(b, h, 2, w, 2, cout)
+    out = F.conv2d(x, k, None, padding=1).permute(0, 2, 3, 1)  # (B, h+1, w+1, 4*Cout)
+    return out.reshape(b, h + 1, w + 1, 2, 2, cout)
+
+
+def _interleave(o: torch.Tensor, bias_map: torch.Tensor | None) -> torch.Tensor:
+    """(B, h+1, w+1, 2, 2, C) phases (+ a (1, C, 2h, 2w) map) -> NHWC-contiguous (B, C, 2h, 2w).
+
+    Four slice copies (or adds): a single 6-d strided copy is several times slower in ATen.
+    """
+    b, h1, w1, _, _, c = o.shape
+    h, w = h1 - 1, w1 - 1
+    y = o.new_empty(b, h, 2, w, 2, c)
+    m = None if bias_map is None else bias_map.permute(0, 2, 3, 1).reshape(-1, h, 2, w, 2, c)
     for a in (0, 1):
-        for c in (0, 1):
-            y[:, :, a, :, c, :] = o[:, a:a + h, c:c + w, a, c, :]
-    return y.view(b, 2 * h, 2 * w, cout).permute(0, 3, 1, 2)
+        for cc in (0, 1):
+            src = o[:, a:a + h, cc:cc + w, a, cc, :]
+            if m is None:
+                y[:, :, a, :, cc, :] = src
+            else:
+                torch.add(src, m[:, :, a, :, cc, :], out=y[:, :, a, :, cc, :])
+    return y.view(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+def subpixel_up(block: UpBlock, x: torch.Tensor) -> torch.Tensor:
+    """conv3x3_up(convT(x)) without biases, via the 2x2 conv on the low-res grid (channels_last out)."""
+    return _interleave(_subpixel_phases(block, x), None)
 
 
 def _upblock_forward(self: UpBlock, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
@@ -275,49 +293,11 @@ def _upblock_forward(self: UpBlock, x: torch.Tensor, skip: torch.Tensor | None) 
     else:
         part = skip_part(self, skip)
     if opts.subpixel_up:
-        y = subpixel_up(self, x)
-        bmap = _subpixel_bias_map(self, y.shape[2], y.shape[3])
-        if bmap is not None:
-            y.add_(bmap)
+        o = _subpixel_phases(self, x)
+        y = _interleave(o, _subpixel_bias_map(self, 2 * (o.shape[1] - 1), 2 * (o.shape[2] - 1)))
     else:
         y = F.conv2d(self.up(x), w_up, None, first.conv.stride, first.conv.padding)
     return self.nConvs[1](F.relu_(y.add_(part)))
-
-
-def _upconv_weights(up: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(Cin, 4*Cout) matrix with columns in (a, c, out) order, and the bias repeated to match."""
-    def make():
-        cin, cout = up.weight.shape[:2]
-        w = up.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout).contiguous()
-        return w, None if up.bias is None else up.bias.repeat(4)
-    return _cached(up, "gemm", (up.weight, up.bias), make)
-
-
-def upconv_gemm(up: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """ConvTranspose2d(kernel 2, stride 2, no padding) as x_nhwc @ W -> pixel shuffle; channels_last output.
-
-    out[b, o, 2i+a, 2j+c] = sum_k x[b, k, i, j] W[k, o, a, c] + bias[o]: every input pixel gives one
-    2x2 output block, so the whole layer is one matrix product over pixels.
-    """
-    b, cin, h, w = x.shape
-    wmat, bias = _upconv_weights(up)
-    cout = wmat.shape[1] // 4
-    rows = x.permute(0, 2, 3, 1).reshape(b * h * w, cin)
-    y = rows @ wmat if bias is None else torch.addmm(bias, rows, wmat)
-    y = y.view(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
-    return y.permute(0, 3, 1, 2)
-
-
-def _upconv_applies(up: nn.ConvTranspose2d) -> bool:
-    return (tuple(up.kernel_size) == (2, 2) and tuple(up.stride) == (2, 2) and tuple(up.padding) == (0, 0)
-            and tuple(up.output_padding) == (0, 0) and tuple(up.dilation) == (1, 1) and up.groups == 1)
-
-
-def _upconv_forward(self: nn.ConvTranspose2d, x: torch.Tensor, output_size=None) -> torch.Tensor:
-    """ConvTranspose2d forward through upconv_gemm (eval, 4-d input, kernel 2 / stride 2 only)."""
-    if self.training or output_size is not None or x.dim() != 4:
-        return nn.ConvTranspose2d.forward(self, x, output_size)
-    return upconv_gemm(self, x)
 
 
 def conv1x1_gemm(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -532,12 +512,9 @@ def _optimize(model: Usam, device: torch.device, opts: FastOptions) -> Usam:
     if cl:  # conv weights only: 4-d non-conv tensors such as pos_embed keep their layout
         _set_conv_format(model, torch.channels_last)
     dec = model.sam.mask_decoder
-    ups = {id(getattr(dec, name).up) for name in SKIP_CONSUMERS}
     for m in model.modules():
         m.__dict__["_usam_cl"] = cl
-        if id(m) in ups and opts.gemm_upconv and _upconv_applies(m):
-            _bind(m, "forward", _upconv_forward)
-        elif isinstance(m, ConvBN) and opts.fold_bn:
+        if isinstance(m, ConvBN) and opts.fold_bn:
             _bind(m, "forward", _convbn_forward)
         elif isinstance(m, LoraQkv) and opts.merge_lora:
             _bind(m, "forward", _lora_qkv_forward)
