@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default="case3d", choices=PROTOCOLS + ("both",),
                    help="case3d: per case in 3D at native resolution (logits upsampled); "
                         "reference: the public code's global slice-level Dice/IoU at 224")
+    p.add_argument("--prompt-rules", default="none",
+                   help="constrain the output to what prompts state (usam/prompt_rules.py): box = foreground "
+                        "inside the box, gate = only the classes clicked, select = only the regions clicked; "
+                        "a comma list, all, or none (default %(default)s)")
     p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_MM, help="NSD tolerance in mm (default %(default)s)")
     p.add_argument("--window", nargs=2, type=float, default=None, metavar=("LO", "HI"),
                    help="HU window (default: the checkpoint's preprocessing.window)")
@@ -168,10 +172,14 @@ def evaluate_reference(cases: Iterable[D.CaseData], predict224: SlicePredictor, 
 
 
 def model_predictors(model: torch.nn.Module, window: tuple[float, float], device: torch.device,
-                     batch_size: int = 8) -> tuple[CasePredictor, SlicePredictor]:
+                     batch_size: int = 8, prompt_rules: str = "none") -> tuple[CasePredictor, SlicePredictor]:
     """Predict functions of a model: every slice is encoded once and decoded per prompt mode;
-    case3d labels come from bilinearly upsampled logits (usam.preprocess.logits_to_labels)."""
+    case3d labels come from bilinearly upsampled logits (usam.preprocess.logits_to_labels);
+    prompt_rules (usam.prompt_rules) constrain the logits to what the prompts state."""
     from usam.preprocess import logits_to_labels
+    from usam.prompt_rules import apply_prompt_rules, parse_rules
+
+    use_box, use_gate, use_select = parse_rules(prompt_rules)
 
     model.eval().to(device)
 
@@ -181,7 +189,10 @@ def model_predictors(model: torch.nn.Module, window: tuple[float, float], device
         for i in range(0, images.shape[0], batch_size):
             feats = model.encode(images[i:i + batch_size].to(device))
             for m, plist in prompts.items():
-                logits = model.decode(feats, list(plist[i:i + batch_size])).float()
+                chunk = list(plist[i:i + batch_size])
+                logits = model.decode(feats, chunk).float()
+                if use_box or use_gate or use_select:
+                    logits = apply_prompt_rules(logits, chunk, use_box, use_gate, use_select)
                 if out_hw is None:
                     out[m].append(logits.argmax(1).to(torch.uint8).cpu().numpy())
                 else:
@@ -268,7 +279,8 @@ def write_reports(result: dict, out_dir: str | Path, name: str = "eval") -> list
     md = [f"# Evaluation: {result['checkpoint']}", "",
           f"Data `{result['data']}`, split `{result['split']}`, {result['cases']} cases; "
           f"NSD tolerance {result['nsd_tolerance_mm']:g} mm; HU window {result['window']}; "
-          f"weights: {result.get('weights_kind')}.", "",
+          f"weights: {result.get('weights_kind')}; prompt rules: {result.get('prompt_rules', 'none')} "
+          "(usam/prompt_rules.py; none = the network's own output).", "",
           "case3d: per-case 3D metrics at native resolution (logits upsampled bilinearly) on the annotated "
           "slice range, averaged over cases; reference: the public code's global slice-level Dice/IoU at 224 "
           "over foreground slices (no NSD). Test prompts are derived deterministically from each "
@@ -292,7 +304,10 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; prints the Markdown table (or one JSON object with --json)."""
     from usam.checkpoints import load_checkpoint, resolve_weights
 
+    from usam.prompt_rules import parse_rules
+
     modes = parse_prompt_modes(args.prompt)
+    parse_rules(args.prompt_rules)  # a typo fails before the checkpoint loads
     protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
     fmt = D.detect_format(args.data) if args.format == "auto" else args.format
     if fmt == "npz" and "case3d" in protocols:
@@ -302,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(ckpt, device=str(device))
     window = tuple(args.window) if args.window else tuple(
         (meta.get("preprocessing") or {}).get("window") or D.DEFAULT_WINDOW)
-    predict_case, predict224 = model_predictors(model, window, device, args.batch_size)
+    predict_case, predict224 = model_predictors(model, window, device, args.batch_size, args.prompt_rules)
     progress = not args.no_progress
     ids = [c["case_id"] for c in D.list_cases(args.data, args.split)] if fmt == "manifest" else None
     n_cases = len(ids) if ids is not None else len(D.list_npz_slices(args.data, args.split, args.val_fraction))
@@ -317,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = {"checkpoint": str(ckpt), "weights_kind": meta.get("weights_kind"), "data": str(args.data),
               "split": args.split, "cases": n_cases, "window": [float(w) for w in window],
-              "nsd_tolerance_mm": float(args.nsd_tolerance), "prompts": modes,
+              "nsd_tolerance_mm": float(args.nsd_tolerance), "prompts": modes, "prompt_rules": args.prompt_rules,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "protocols": {}}
     source = cases
     if len(protocols) > 1 and fmt == "manifest" and n_cases <= 16:

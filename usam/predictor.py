@@ -15,6 +15,7 @@ from usam.errors import PromptError
 from usam.model import ImageFeatures, Usam
 from usam.model.fast import is_optimized, optimize_for_inference
 from usam.preprocess import DEFAULT_WINDOW, logits_to_labels, preprocess_slices
+from usam.prompt_rules import apply_prompt_rules, parse_rules
 from usam.prompts import Prompts
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
@@ -85,10 +86,14 @@ class VolumePredictor:
     same logits up to fp32 rounding (tests/usam/test_fast.py), smaller cached features, and on
     CUDA bf16 autocast. fast=False keeps the model's own forwards (the reference path); a model
     that is already optimised stays optimised.
+
+    prompt_rules (usam.prompt_rules; default all): a box confines the foreground, the classes
+    clicked are the classes drawn on that slice, a clicked class keeps the regions clicked.
+    "none" gives the network's own output.
     """
 
     def __init__(self, model: Usam, volume: Any, metadata: dict | None = None, device: str | torch.device | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, fast: bool = True) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, fast: bool = True, prompt_rules: str = "all") -> None:
         self.volume = volume
         self.metadata = dict(metadata or {})
         self.device = torch.device(device) if device is not None else default_device()
@@ -104,6 +109,8 @@ class VolumePredictor:
         pre = self.metadata.get("preprocessing") or {}
         self.window = tuple(float(v) for v in (pre.get("window") or DEFAULT_WINDOW))
         self.cache = FeatureCache(cache_bytes)
+        self.prompt_rules = prompt_rules
+        self._rules = parse_rules(prompt_rules)
         self.encoder_calls = 0
         self._lock = threading.RLock()  # one session may be driven from several UI threads
 
@@ -154,8 +161,10 @@ class VolumePredictor:
 
     def _decode(self, feats: ImageFeatures, prompts: list[Prompts | None]) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode(), self._autocast():
-            logits = self.model.decode(feats, prompts)
-        return logits_to_labels(logits.float(), self.slice_shape)
+            logits = self.model.decode(feats, prompts).float()
+        if any(self._rules):
+            logits = apply_prompt_rules(logits, list(prompts), *self._rules)
+        return logits_to_labels(logits, self.slice_shape)
 
     def predict(self, z: int, prompts: Prompts | None = None) -> SliceResult:
         """Label map and class probabilities of slice z for these prompts (224-frame coordinates)."""

@@ -65,7 +65,7 @@ def test_encoder_runs_once_per_slice_however_many_prompts(model, volume):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_predict_equals_direct_reference_model_call(model, reference, volume, fast):
-    pred = VolumePredictor(model if fast else reference, volume, META, device="cpu", fast=fast)
+    pred = VolumePredictor(model if fast else reference, volume, META, device="cpu", fast=fast, prompt_rules="none")
     assert is_optimized(pred.model) == fast
     p = Prompts(points=[[60, 70]], point_labels=[1], point_classes=[2])
     r = pred.predict(1, p)
@@ -73,6 +73,22 @@ def test_predict_equals_direct_reference_model_call(model, reference, volume, fa
         logits = reference(preprocess_slices(volume.array[1], (-150, 250)), [p])
     labels, probs = logits_to_labels(logits, (96, 80))
     np.testing.assert_allclose(r.probs, probs[0], atol=1e-5)
+
+
+def test_prompt_rules_confine_the_output_to_the_box_and_the_clicked_class(model, volume):
+    box = Prompts(boxes=[[60, 60, 150, 150]], box_classes=[0])
+    raw = VolumePredictor(model, volume, META, device="cpu", prompt_rules="none").predict(2, box)
+    ruled = VolumePredictor(model, volume, META, device="cpu").predict(2, box)  # default: all rules
+    # the box at 224 covers slice rows ~24.6..64.6 (of 96) and cols ~20.5..54 (of 80), plus the margin
+    outside = np.ones((96, 80), bool)
+    outside[20:70, 16:59] = False
+    assert (raw.labels[outside] > 0).any(), "the random model paints foreground outside the box"
+    assert (ruled.labels[outside] == 0).all()
+    tumor_only = Prompts(points=[[100, 100]], point_labels=[1], point_classes=[2])
+    gated = VolumePredictor(model, volume, META, device="cpu", prompt_rules="gate").predict(2, tumor_only)
+    assert (gated.labels != 1).all() and gated.probs[1].max() < 1e-6
+    with pytest.raises(PromptError, match="unknown prompt rules"):
+        VolumePredictor(model, volume, META, device="cpu", prompt_rules="boxes")
 
 
 def test_fast_path_is_the_default_and_shared_models_are_optimised_once(volume):

@@ -166,9 +166,11 @@ def test_cli_train_resume_continues_the_schedule(cohort, tmp_path, capsys):
     capsys.readouterr()
     ev = p.parse_args(["--checkpoint", str(tmp_path / "export.safetensors"), "--data", str(cohort), "--split", "test",
                        "--prompt", "none,box", "--protocol", "both", "--json", "--no-progress",
-                       "--out", str(tmp_path / "ev"), "--name", "demo_eval"])
+                       "--out", str(tmp_path / "ev"), "--name", "demo_eval", "--prompt-rules", "all"])
     assert E.run(ev) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["prompt_rules"] == "all"
+    assert "prompt rules: all" in (tmp_path / "ev" / "demo_eval.md").read_text()
     assert set(result["protocols"]) == {"case3d", "reference"}
     assert set(result["protocols"]["case3d"]["rows"]) == {"none", "box"}
     assert result["nsd_tolerance_mm"] == 2.0 and result["window"] == [-160.0, 240.0]
@@ -176,6 +178,16 @@ def test_cli_train_resume_continues_the_schedule(cohort, tmp_path, capsys):
         assert row["mean"]["dice"] is None or 0.0 <= row["mean"]["dice"] <= 1.0
     assert sorted(x.name for x in (tmp_path / "ev").iterdir()) == [
         "demo_eval.csv", "demo_eval.json", "demo_eval.md", "demo_eval_cases.csv"]
+
+
+def test_evaluate_refuses_unknown_prompt_rules(cohort):
+    from usam import evaluate as E
+
+    p = argparse.ArgumentParser()
+    E.add_arguments(p)
+    args = p.parse_args(["--checkpoint", "missing.safetensors", "--data", str(cohort), "--prompt-rules", "box,gates"])
+    with pytest.raises(UsamError, match="unknown prompt rules"):
+        E.run(args)
 
 
 def test_resume_without_state_is_a_user_error(cohort, tmp_path):
