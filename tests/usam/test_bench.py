@@ -79,6 +79,10 @@ def test_ratios_markdown_and_targets():
                                           "target volume_ms_per_slice <= 250.0: 200.0 (met)"]
     slow = {**report, "results": [_fake_result(decode_p95=45.0, vol=300.0)]}
     assert all("NOT met" in line for line in bench.target_lines(slow))
+    slow["results"][0].update(gmacs_per_slice=25.0, matmul_gflops=160.0, floor_ms_per_slice=312.5)
+    assert bench.target_lines(slow)[1].endswith("below this machine's fp32 floor of 312.5 ms / slice")
+    assert "| lower bound, ms / slice: 25.0 GMAC at this machine's fp32 matmul rate (160.0 GFLOP/s) |  | 312.5 |" \
+        in bench.to_markdown(slow)
     assert bench.ratios({"optimized": r["optimized"]}) == {}
 
 
@@ -94,6 +98,8 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     assert r["reference"]["case"]["slices"] == 2 and r["optimized"]["case"]["size"] == 48
     assert set(r["ratios"]) >= {"click_naive_vs_cached_p50", "volume_naive_b1_vs_best", "case_naive_vs_opt"}
     assert report["machine"]["nproc"] >= 1 and report["machine"]["torch"]
+    assert r["gmacs_per_slice"] > 0 and r["matmul_gflops"] > 0
+    assert r["floor_ms_per_slice"] == pytest.approx(2 * r["gmacs_per_slice"] / r["matmul_gflops"] * 1000, abs=0.1)
     assert "### demo" in (tmp_path / "bench.md").read_text()
     assert "wrote" in capsys.readouterr().out
 
