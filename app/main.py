@@ -123,6 +123,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         vol_info = gr.Markdown(elem_id="usam-volinfo")
                     with gr.Group():
                         gr.Markdown("### Prompt")
+                        gr.Markdown("Click each structure present on the slice with its class: a class "
+                                    "you do not click is left out, and a clicked class keeps the regions you "
+                                    "clicked. A box keeps the result inside it.", elem_id="usam-prompt-help")
                         mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id="usam-mode")
                         cls = gr.Radio(CLASS_LABELS, value=CLASS_LABELS[0], label="Point class",
                                        elem_id="usam-class")
