@@ -112,9 +112,12 @@ def selected_regions(labels: np.ndarray, prompts: Prompts | None, num_classes: i
 
 
 def apply_prompt_rules(logits: torch.Tensor, prompts: list[Prompts | None], box: bool = True, gate: bool = True,
-                       select: bool = False, box_margin: float = DEFAULT_BOX_MARGIN,
+                       select: bool = True, box_margin: float = DEFAULT_BOX_MARGIN,
                        select_radius: int = DEFAULT_SELECT_RADIUS) -> torch.Tensor:
-    """(B, K, H, W) logits in the prompts' frame -> logits with ruled-out classes set to SUPPRESSED (a copy)."""
+    """(B, K, H, W) logits in the prompts' frame -> logits with ruled-out classes set to SUPPRESSED.
+
+    Defaults = rules "all". Returns a copy, or the input itself when no prompt rules anything out.
+    """
     if len(prompts) != logits.shape[0]:
         raise PromptError(f"{logits.shape[0]} logit maps but {len(prompts)} prompts")
     b, k, h, w = logits.shape
