@@ -336,18 +336,9 @@ def _mask_decoder_forward(self, image_embeddings: torch.Tensor, image_pe: torch.
     if self.training or self.run_dead_heads:
         return type(self).forward(self, image_embeddings, image_pe, sparse, dense, skips)
     b = image_embeddings.shape[0]
-    out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-    tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-    src = image_embeddings + dense
-    pos = image_pe.expand(b, -1, -1, -1)
-    _, c, h, w = src.shape
-    hs, src = self.transformer(src, pos, tokens)
+    hs, x = self.tokens_and_upscaled(image_embeddings, image_pe, sparse, dense, skips)
     mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
-    x = src.transpose(1, 2).reshape(b, c, h, w)
-    f0, f1, f2, f3 = skips
-    x = self.up4(x, f3)
-    x = self.up3(x, f2)
-    x = self.up2(x, f1)
+    f0 = skips[0]
     mlps = self.output_hypernetworks_mlps
     if opts.batched_hyper:
         hyper_in = hypernetworks(mlps, mask_tokens_out)

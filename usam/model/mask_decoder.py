@@ -51,9 +51,10 @@ class UsamMaskDecoder(nn.Module):
         self.up1 = UpBlock(num_mask_tokens, s0, c1)
         self.run_dead_heads = False
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
-        """One prompt set per image: embeddings (B, C, h, w), sparse (B, N, C) -> logits (B, K, 224, 224)."""
+    def tokens_and_upscaled(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                            dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-way transformer then up4..up2: (output tokens (B, 1+M+N, C), upscaled embedding (B, c2, 112, 112))."""
         b = image_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
@@ -61,12 +62,17 @@ class UsamMaskDecoder(nn.Module):
         pos = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)
-        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
         x = src.transpose(1, 2).reshape(b, c, h, w)
-        f0, f1, f2, f3 = skips
-        x = self.up4(x, f3)
-        x = self.up3(x, f2)
-        x = self.up2(x, f1)  # (B, c2, 112, 112), the "upscaled embedding"
+        _, f1, f2, f3 = skips
+        return hs, self.up2(self.up3(self.up4(x, f3), f2), f1)
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        """One prompt set per image: embeddings (B, C, h, w), sparse (B, N, C) -> logits (B, K, 224, 224)."""
+        b = image_embeddings.shape[0]
+        hs, x = self.tokens_and_upscaled(image_embeddings, image_pe, sparse, dense, skips)
+        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
+        f0 = skips[0]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         _, ce, he, we = x.shape
