@@ -101,11 +101,6 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> flo
     return round(2 * n ** 3 / best / 1e9, 1)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def forward_gmacs(config: str) -> float:
     """Multiply-accumulates (G) of one 224^2 slice through the full model, counted on the meta device."""
     from usam.info import count_usam

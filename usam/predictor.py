@@ -109,7 +109,6 @@ class VolumePredictor:
         pre = self.metadata.get("preprocessing") or {}
         self.window = tuple(float(v) for v in (pre.get("window") or DEFAULT_WINDOW))
         self.cache = FeatureCache(cache_bytes)
-        self.prompt_rules = prompt_rules
         self._rules = parse_rules(prompt_rules)
         self.encoder_calls = 0
         self._lock = threading.RLock()  # one session may be driven from several UI threads

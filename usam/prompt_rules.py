@@ -125,24 +125,20 @@ def apply_prompt_rules(logits: torch.Tensor, prompts: list[Prompts | None], box:
         raise PromptError("prompt rules need square logits in the model frame")
     out = logits
     for i, p in enumerate(prompts):
-        masks = []
         m = allowed_mask(p, k, MODEL_SIZE, box, gate, box_margin)
-        if m is not None:
-            masks.append(_to_logit_grid(m, h, w, logits.device))
         if select and p is not None and len(p.points):
-            current = out[i] if not masks else out[i].masked_fill(~masks[0], SUPPRESSED)
+            current = out[i] if m is None else out[i].masked_fill(~_to_logit_grid(m, h, w, logits.device), SUPPRESSED)
             lab = current.argmax(0)
             if h != MODEL_SIZE:
                 lab = F.interpolate(lab[None, None].float(), size=(MODEL_SIZE, MODEL_SIZE), mode="nearest")[0, 0]
             sel = selected_regions(lab.to(torch.uint8).cpu().numpy(), p, k, select_radius)
             if sel is not None:
-                masks.append(_to_logit_grid(sel, h, w, logits.device))
-        if not masks:
+                m = sel if m is None else m & sel
+        if m is None:
             continue
         if out is logits:
             out = logits.clone()
-        for mt in masks:
-            out[i].masked_fill_(~mt, SUPPRESSED)
+        out[i].masked_fill_(~_to_logit_grid(m, h, w, logits.device), SUPPRESSED)
     return out
 
 
