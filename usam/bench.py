@@ -36,7 +36,7 @@ GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 CPU_TARGETS = {"decode_p95_ms": 40.0, "volume_ms_per_slice": 250.0}
 # FastOptions switches measured one by one with --ablate
 SWITCHES = ("sdpa_vit", "sdpa_decoder", "fold_bn", "split_skips", "channels_last", "merge_lora", "subpixel_up",
-            "gemm_head", "batched_hyper")
+            "gemm_head", "batched_hyper", "fold_hyper", "cache_dense_pe")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from usam.prompts import Prompts
 # reorders sums (folded BN, split convs, fused attention); measured differences are ~1e-7.
 REL_BOUND = 1e-5
 SWITCHES = ("sdpa_vit", "sdpa_decoder", "fold_bn", "split_skips", "channels_last", "merge_lora", "subpixel_up",
-            "gemm_head", "batched_hyper")
+            "gemm_head", "batched_hyper", "fold_hyper", "cache_dense_pe")
 
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -268,3 +268,55 @@ def test_autocast_is_ignored_on_cpu(demo):
     restore_reference(demo)
     assert b.dtype == torch.float32 and torch.equal(a, b)
     assert np.isfinite(a.numpy()).all()
+
+
+def test_one_image_folds_the_mask_product_into_up1(demo, monkeypatch):
+    """B=1 decodes take the folded path (conv(x, K H)); its logits are the reference's."""
+    from usam.model import fast
+
+    seen = []
+    real = fast._subpixel_phases
+    monkeypatch.setattr(fast, "_subpixel_phases", lambda block, x, weights=None: seen.append(weights is not None)
+                        or real(block, x, weights))
+    x, prompts = _inputs(2)
+    for i in range(2):
+        seen.clear()
+        _check(demo, x[i:i + 1], prompts[i:i + 1])
+        assert seen.count(True) == 1  # up1 only; up4..up2 use their own weights
+    seen.clear()
+    _check(demo, x[:1], prompts[:1], fold_hyper=False)
+    assert True not in seen
+
+
+@pytest.mark.parametrize("split_pixels", [0, 10 ** 9])
+@pytest.mark.parametrize("batch_part", [1, 2])
+def test_interleave_add_relu_both_loops(monkeypatch, split_pixels, batch_part):
+    """Phase (a, c) of pixel (2i+a, 2j+c) comes from o[i+a, j+c, a, c]; + part, ReLU; both loop shapes."""
+    from usam.model import fast
+
+    monkeypatch.setattr(fast, "_PHASE_SPLIT_PIXELS", split_pixels)
+    g = torch.Generator().manual_seed(3)
+    o = torch.randn(2, 6, 8, 2, 2, 3, generator=g)
+    part = torch.randn(batch_part, 3, 10, 14, generator=g)
+    ref = torch.empty(2, 3, 10, 14)
+    for a in (0, 1):
+        for c in (0, 1):
+            ref[:, :, a::2, c::2] = o[:, a:a + 5, c:c + 7, a, c, :].permute(0, 3, 1, 2)
+    assert torch.equal(fast._interleave_add_relu(o, None), ref)
+    out = fast._interleave_add_relu(o, part)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, torch.relu(ref + part), atol=1e-6)
+
+
+def test_dense_pe_is_cached_and_follows_its_buffer():
+    torch.manual_seed(0)
+    model = build_usam(get_config("demo")).eval()
+    pe = model.sam.prompt_encoder
+    ref = pe.get_dense_pe()
+    optimize_for_inference(model, "cpu")
+    assert torch.equal(pe.get_dense_pe(), ref) and pe.get_dense_pe() is pe.get_dense_pe()
+    with torch.no_grad():
+        pe.pe_layer.positional_encoding_gaussian_matrix.mul_(2.0)
+    assert not torch.equal(pe.get_dense_pe(), ref)  # recomputed after an in-place change
+    restore_reference(model)
+    assert "get_dense_pe" not in pe.__dict__

@@ -17,6 +17,12 @@ one switched off (docs/BENCHMARKS.md):
 - Up blocks, sub-pixel: the transposed conv (k2, s2) followed by the 3x3 conv of its output is
   one 2x2 conv with 4x the output channels on the low-resolution grid (each output phase reads
   only 2x2 input pixels): 16/36 of the multiplies and no transposed conv.
+- Up blocks: the biases of the transposed conv and of the first conv (a border-aware map) are
+  part of the prompt-free part; interleaving the phases, adding that part and the ReLU are one
+  pass over the 2x map (aten::_add_relu on CPU).
+- One image: the mask-token product (masks = H x, H from the hypernetworks) folded into up1's
+  sub-pixel weights (conv(H x, K) = conv(x, K H)): no 32-channel 112^2 mask maps.
+- The prompt encoder's dense positional encoding cached (it depends on no input).
 - The final 1x1 conv (32 -> 3 channels) as a GEMM over pixels; the 32 hypernetwork MLPs as
   three batched matmuls; the 112^2 mask maps kept NHWC.
 - channels_last (NHWC) for the CNN parts: oneDNN's convolutions run without layout reorders.
@@ -55,7 +61,7 @@ from usam.model.usam import Usam
 # which up block consumes which skip (f0..f3), as wired in UsamMaskDecoder.forward
 SKIP_CONSUMERS = ("up1", "up2", "up3", "up4")
 _STATE = "_usam_fast"  # instance attribute holding the applied options
-_PATCHED = ("forward", "encode", "decode")  # instance attributes we may set on modules
+_PATCHED = ("forward", "encode", "decode", "get_dense_pe")  # instance attributes we may set on modules
 _LOCK = threading.RLock()  # app sessions share one model: (re)binding happens once at a time
 
 
@@ -72,6 +78,8 @@ class FastOptions:
     subpixel_up: bool = True  # up block: convT + first 3x3 conv (up part) as one 2x2 conv on the low-res grid
     gemm_head: bool = True  # the final 1x1 conv (32 -> 3 channels) as a GEMM over pixels
     batched_hyper: bool = True  # the hypernetwork MLPs (one per mask token) as batched matmuls
+    fold_hyper: bool = True  # one image: the mask-token product folded into up1's sub-pixel weights
+    cache_dense_pe: bool = True  # the prompt encoder's dense positional encoding computed once
     inference_mode: bool = True
     autocast_dtype: str | None = None  # 'bfloat16' / 'float16'; only honoured on CUDA
     compile_vit: bool = False  # torch.compile the ViT trunk; only honoured on CUDA
@@ -185,11 +193,32 @@ def _split_weights(block: UpBlock) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return _cached(block, "split", sources, make, (cl,))
 
 
+def up_bias_map(block: UpBlock, h2: int, w2: int) -> torch.Tensor:
+    """The up block's first conv on a constant input: folded bias + conv3x3_up(convT bias); (1, Cout, h2, w2).
+
+    Prompt-independent; it differs from a constant only at the borders (zero padding).
+    """
+    up, first = block.up, block.nConvs[0]
+    fmt = torch.channels_last if block._usam_cl else torch.contiguous_format
+
+    def make():
+        w_up, _, b = _split_weights(block)
+        out = b.reshape(1, -1, 1, 1).expand(1, -1, h2, w2)
+        if up.bias is not None:
+            ones = up.bias.reshape(1, -1, 1, 1).expand(1, -1, h2, w2).to(w_up.dtype)
+            out = out + F.conv2d(ones.contiguous(memory_format=fmt), w_up, None, padding=1)
+        return out.contiguous(memory_format=fmt)
+    sources = (up.bias, first.conv.weight, first.conv.bias, first.norm.weight, first.norm.bias,
+               first.norm.running_mean, first.norm.running_var)
+    return _cached(block, f"bmap{h2}x{w2}", sources, make, (block._usam_cl,))
+
+
 def skip_part(block: UpBlock, skip: torch.Tensor) -> torch.Tensor:
-    """The prompt-independent part of an up block's first conv: conv_skip(skip) + folded bias."""
-    _, w_skip, b = _split_weights(block)
+    """The prompt-independent part of an up block's first conv: conv_skip(skip) + up_bias_map."""
+    _, w_skip, _ = _split_weights(block)
     conv = block.nConvs[0].conv
-    return F.conv2d(skip, w_skip, b, conv.stride, conv.padding)
+    out = F.conv2d(skip, w_skip, None, conv.stride, conv.padding)
+    return out.add_(up_bias_map(block, out.shape[-2], out.shape[-1]))
 
 
 def _subpixel_weights(block: UpBlock) -> torch.Tensor:
@@ -223,80 +252,96 @@ def _subpixel_weights(block: UpBlock) -> torch.Tensor:
     return _cached(block, "subpixel", sources, make, (cl,))
 
 
-def _subpixel_bias_map(block: UpBlock, h2: int, w2: int) -> torch.Tensor | None:
-    """conv3x3 (up part, zero padding) of the transposed conv's constant bias: (1, Cout, h2, w2); differs at borders."""
-    up = block.up
-    if up.bias is None:
-        return None
+def _subpixel_phases(block: UpBlock, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The 2x2 conv's output as (B, h+1, w+1, 2, 2, Cout): phase (a, c) of pixel (2i+a, 2j+c) is at [i+a, j+c, a, c].
 
-    def make():
-        w_up = _split_weights(block)[0]
-        ones = up.bias.reshape(1, -1, 1, 1).expand(1, -1, h2, w2).to(w_up.dtype)
-        fmt = torch.channels_last if block._usam_cl else torch.contiguous_format
-        return F.conv2d(ones.contiguous(memory_format=fmt), w_up, None, padding=1)
-    sources = (up.bias, block.nConvs[0].conv.weight, block.nConvs[0].norm.weight,
-               block.nConvs[0].norm.running_var)
-    return _cached(block, f"bmap{h2}x{w2}", sources, make, (block._usam_cl,))
-
-
-def _subpixel_phases(block: UpBlock, x: torch.Tensor) -> torch.Tensor:
-    """The 2x2 conv's output as (B, h+1, w+1, 2, 2, Cout): phase (a, c) of pixel (2i+a, 2j+c) is at [i+a, j+c, a, c]."""
+    `weights` replaces the block's composed weights (the decoder folds the hypernetworks into them).
+    """
     b, _, h, w = x.shape
-    k = _subpixel_weights(block)
+    k = _subpixel_weights(block) if weights is None else weights
     cout = k.shape[0] // 4
     out = F.conv2d(x, k, None, padding=1).permute(0, 2, 3, 1)  # (B, h+1, w+1, 4*Cout)
     return out.reshape(b, h + 1, w + 1, 2, 2, cout)
 
 
-def _interleave(o: torch.Tensor, bias_map: torch.Tensor | None) -> torch.Tensor:
-    """(B, h+1, w+1, 2, 2, C) phases (+ a (1, C, 2h, 2w) map) -> NHWC-contiguous (B, C, 2h, 2w).
+# above this many low-resolution pixels, four per-phase ops run faster than one 6-d strided op
+_PHASE_SPLIT_PIXELS = 64 * 64
 
-    Four slice copies (or adds): a single 6-d strided copy is several times slower in ATen.
+
+def _interleave_add_relu(o: torch.Tensor, part: torch.Tensor | None) -> torch.Tensor:
+    """relu(phases interleaved + part): (B, h+1, w+1, 2, 2, C), (1 or B, C, 2h, 2w) -> NHWC-contiguous (B, C, 2h, 2w).
+
+    One pass over the 2x map: the interleave, the prompt-free part and the ReLU together.
+    Without `part`, the plain interleave (no ReLU).
     """
     b, h1, w1, _, _, c = o.shape
     h, w = h1 - 1, w1 - 1
     y = o.new_empty(b, h, 2, w, 2, c)
-    m = None if bias_map is None else bias_map.permute(0, 2, 3, 1).reshape(-1, h, 2, w, 2, c)
-    for a in (0, 1):
-        for cc in (0, 1):
-            src = o[:, a:a + h, cc:cc + w, a, cc, :]
-            if m is None:
-                y[:, :, a, :, cc, :] = src
-            else:
-                torch.add(src, m[:, :, a, :, cc, :], out=y[:, :, a, :, cc, :])
+    p = None if part is None else part.permute(0, 2, 3, 1).reshape(part.shape[0], h, 2, w, 2, c)
+    fused = p is not None and o.device.type == "cpu"  # aten::_add_relu is a CPU kernel
+
+    def put(src: torch.Tensor, dst: torch.Tensor, other: torch.Tensor | None) -> None:
+        if other is None:
+            dst.copy_(src)
+        elif fused:
+            torch.ops.aten._add_relu(src, other, out=dst)
+        else:
+            torch.add(src, other, out=dst)
+    if h * w >= _PHASE_SPLIT_PIXELS:
+        for a in (0, 1):
+            for cc in (0, 1):
+                put(o[:, a:a + h, cc:cc + w, a, cc, :], y[:, :, a, :, cc, :], None if p is None else p[:, :, a, :, cc, :])
+    else:  # phase (a, c) of output row i reads o[i + a, j + c, a, c]: one strided view of o
+        s = o.stride()
+        src = o.as_strided((b, h, 2, w, 2, c), (s[0], s[1], s[1] + s[3], s[2], s[2] + s[4], s[5]), o.storage_offset())
+        put(src, y, p)
+    if p is not None and not fused:
+        F.relu_(y)
     return y.view(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 def subpixel_up(block: UpBlock, x: torch.Tensor) -> torch.Tensor:
     """conv3x3_up(convT(x)) without biases, via the 2x2 conv on the low-res grid (channels_last out)."""
-    return _interleave(_subpixel_phases(block, x), None)
+    return _interleave_add_relu(_subpixel_phases(block, x), None)
+
+
+def _prompt_free_part(block: UpBlock, skip: torch.Tensor | None, h2: int, w2: int) -> torch.Tensor:
+    """What the first conv adds to conv_up(convT(x)) without biases: the cached skip part, or computed here."""
+    opts: FastOptions = block._usam_opts
+    if not block.skip_channels:
+        return up_bias_map(block, h2, w2)
+    if not opts.split_skips:
+        return skip_part(block, skip)
+    out_channels = block.nConvs[0].conv.out_channels
+    if skip.shape[1] != out_channels:
+        raise UsamError(f"features with a {skip.shape[1]}-channel skip for an up block expecting "
+                        f"{out_channels}: decode features encoded by this same optimised model")
+    return skip
+
+
+def upblock_from_phases(block: UpBlock, o: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    """The rest of an up block after its sub-pixel conv: relu(interleave(o) + prompt-free part), second ConvBN."""
+    part = _prompt_free_part(block, skip, 2 * (o.shape[1] - 1), 2 * (o.shape[2] - 1))
+    return block.nConvs[1](_interleave_add_relu(o, part))
 
 
 def _upblock_forward(self: UpBlock, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
     """relu(conv_up(up(x)) + prompt-free part) then the second ConvBN.
 
     With split_skips, `skip` is already the prompt-free part (skip_part, computed by encode); else
-    it is computed here. With subpixel_up, conv_up(up(x)) is one 2x2 conv on the low-res grid.
+    it is computed here. The biases of convT and of the first conv are in that part. With
+    subpixel_up, conv_up(up(x)) is one 2x2 conv on the low-res grid.
     """
     opts: FastOptions = self._usam_opts
     if self.training:
         return UpBlock.forward(self, x, skip)
-    first = self.nConvs[0]
-    w_up, _, bias = _split_weights(self)
-    if not self.skip_channels:
-        part = bias.reshape(1, -1, 1, 1)
-    elif opts.split_skips:
-        part = skip
-        if skip.shape[1] != first.conv.out_channels:
-            raise UsamError(f"features with a {skip.shape[1]}-channel skip for an up block expecting "
-                            f"{first.conv.out_channels}: decode features encoded by this same optimised model")
-    else:
-        part = skip_part(self, skip)
     if opts.subpixel_up:
-        o = _subpixel_phases(self, x)
-        y = _interleave(o, _subpixel_bias_map(self, 2 * (o.shape[1] - 1), 2 * (o.shape[2] - 1)))
-    else:
-        y = F.conv2d(self.up(x), w_up, None, first.conv.stride, first.conv.padding)
+        return upblock_from_phases(self, _subpixel_phases(self, x), skip)
+    first = self.nConvs[0]
+    w_up = _split_weights(self)[0]
+    y = F.conv2d(F.conv_transpose2d(x, self.up.weight, None, stride=2), w_up, None, first.conv.stride,
+                 first.conv.padding)
+    part = _prompt_free_part(self, skip, y.shape[-2], y.shape[-1])
     return self.nConvs[1](F.relu_(y.add_(part)))
 
 
@@ -344,13 +389,29 @@ def _mask_decoder_forward(self, image_embeddings: torch.Tensor, image_pe: torch.
         hyper_in = hypernetworks(mlps, mask_tokens_out)
     else:
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(mlps)], dim=1)
+    up1 = self.up1
+    if opts.fold_hyper and opts.subpixel_up and b == 1 and isinstance(up1, UpBlock) and "forward" in up1.__dict__:
+        # masks = H x (H: tokens x channels) feeds only up1's sub-pixel conv K: conv(H x, K) = conv(x, K H)
+        k = _subpixel_weights(up1)
+        kh = torch.einsum("omts,mc->octs", k, hyper_in[0])
+        if up1._usam_cl:
+            kh = kh.contiguous(memory_format=torch.channels_last)
+        return self.final_output(upblock_from_phases(up1, _subpixel_phases(up1, x, kh), f0))
     _, ce, he, we = x.shape
     if x.is_contiguous(memory_format=torch.channels_last):  # NHWC in, NHWC out: no copies of 112^2 maps
         masks = x.permute(0, 2, 3, 1).reshape(b, he * we, ce) @ hyper_in.transpose(1, 2)
         masks = masks.view(b, he, we, self.num_mask_tokens).permute(0, 3, 1, 2)
     else:
         masks = (hyper_in @ x.reshape(b, ce, he * we)).reshape(b, self.num_mask_tokens, he, we)
-    return self.final_output(self.up1(masks, f0))
+    return self.final_output(up1(masks, f0))
+
+
+def _dense_pe(self: nn.Module) -> torch.Tensor:
+    """PromptEncoder.get_dense_pe, cached: it depends only on the random Fourier matrix."""
+    if self.training:
+        return type(self).get_dense_pe(self)
+    gauss = self.pe_layer.positional_encoding_gaussian_matrix
+    return _cached(self, "dense_pe", (gauss,), lambda: type(self).get_dense_pe(self))
 
 
 def _lora_qkv_forward(self: LoraQkv, x: torch.Tensor) -> torch.Tensor:
@@ -524,6 +585,8 @@ def _optimize(model: Usam, device: torch.device, opts: FastOptions) -> Usam:
         _bind(head, "forward", _head_forward)
     dec.__dict__["_usam_opts"] = opts
     _bind(dec, "forward", _mask_decoder_forward)
+    if opts.cache_dense_pe:
+        _bind(model.sam.prompt_encoder, "get_dense_pe", _dense_pe)
     model.__dict__[_STATE] = opts
     if opts.compile_vit and device.type == "cuda":
         enc = model.sam.image_encoder
