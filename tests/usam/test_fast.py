@@ -290,8 +290,12 @@ def test_one_image_folds_the_mask_product_into_up1(demo, monkeypatch):
 
 @pytest.mark.parametrize("split_pixels", [0, 10 ** 9])
 @pytest.mark.parametrize("batch_part", [1, 2])
-def test_interleave_add_relu_both_loops(monkeypatch, split_pixels, batch_part):
-    """Phase (a, c) of pixel (2i+a, 2j+c) comes from o[i+a, j+c, a, c]; + part, ReLU; both loop shapes."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_interleave_add_relu_both_loops(monkeypatch, split_pixels, batch_part, fused):
+    """Phase (a, c) of pixel (2i+a, 2j+c) comes from o[i+a, j+c, a, c]; + part, ReLU; both loop shapes.
+
+    fused=False is the path GPUs take (no aten::_add_relu there), tested here on CPU.
+    """
     from usam.model import fast
 
     monkeypatch.setattr(fast, "_PHASE_SPLIT_PIXELS", split_pixels)
@@ -303,7 +307,7 @@ def test_interleave_add_relu_both_loops(monkeypatch, split_pixels, batch_part):
         for c in (0, 1):
             ref[:, :, a::2, c::2] = o[:, a:a + 5, c:c + 7, a, c, :].permute(0, 3, 1, 2)
     assert torch.equal(fast._interleave_add_relu(o, None), ref)
-    out = fast._interleave_add_relu(o, part)
+    out = fast._interleave_add_relu(o, part, fused=fused)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, torch.relu(ref + part), atol=1e-6)
 

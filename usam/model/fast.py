@@ -268,17 +268,18 @@ def _subpixel_phases(block: UpBlock, x: torch.Tensor, weights: torch.Tensor | No
 _PHASE_SPLIT_PIXELS = 64 * 64
 
 
-def _interleave_add_relu(o: torch.Tensor, part: torch.Tensor | None) -> torch.Tensor:
+def _interleave_add_relu(o: torch.Tensor, part: torch.Tensor | None, fused: bool | None = None) -> torch.Tensor:
     """relu(phases interleaved + part): (B, h+1, w+1, 2, 2, C), (1 or B, C, 2h, 2w) -> NHWC-contiguous (B, C, 2h, 2w).
 
     One pass over the 2x map: the interleave, the prompt-free part and the ReLU together.
-    Without `part`, the plain interleave (no ReLU).
+    Without `part`, the plain interleave (no ReLU). `fused` (default: on CPU) adds and clamps in
+    one kernel, aten::_add_relu, which only CPU builds have; elsewhere add, then ReLU in place.
     """
     b, h1, w1, _, _, c = o.shape
     h, w = h1 - 1, w1 - 1
     y = o.new_empty(b, h, 2, w, 2, c)
     p = None if part is None else part.permute(0, 2, 3, 1).reshape(part.shape[0], h, 2, w, 2, c)
-    fused = p is not None and o.device.type == "cpu"  # aten::_add_relu is a CPU kernel
+    fused = p is not None and (o.device.type == "cpu" if fused is None else fused)
 
     def put(src: torch.Tensor, dst: torch.Tensor, other: torch.Tensor | None) -> None:
         if other is None:
