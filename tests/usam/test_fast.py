@@ -324,3 +324,20 @@ def test_dense_pe_is_cached_and_follows_its_buffer():
     assert not torch.equal(pe.get_dense_pe(), ref)  # recomputed after an in-place change
     restore_reference(model)
     assert "get_dense_pe" not in pe.__dict__
+
+
+def test_training_mode_after_optimising_runs_the_reference_path():
+    """model.train() on an optimised model: raw skips, reference up blocks, the reference's train-mode logits."""
+    torch.manual_seed(0)
+    model = _randomise(build_usam(get_config("demo")))
+    x, prompts = _inputs(2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    with torch.no_grad():
+        ref = model(x, prompts)
+    model.load_state_dict(state)  # the reference pass moved the BatchNorm running statistics
+    optimize_for_inference(model, "cpu")
+    model.train()
+    out = model(x, prompts)
+    restore_reference(model)
+    assert (out - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())

@@ -482,7 +482,7 @@ def _fast_encode(model: Usam, images: torch.Tensor) -> ImageFeatures:
     if opts.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     feats = Usam.encode(model, images)
-    if not opts.split_skips:
+    if not opts.split_skips or model.training:  # in training the up blocks run their own forward on raw skips
         return feats
     dec = model.sam.mask_decoder
     skips = tuple(None if s is None or not getattr(dec, name).skip_channels else skip_part(getattr(dec, name), s)
