@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-naive", action="store_true", help="skip the reference/naive path")
     parser.add_argument("--ablate", action="store_true",
-                        help="also time encoder and cached decode with each speed-up switched off alone")
+                        help="also time encoder and cached decode with each speed-up switched off alone "
+                             "(--repeats interleaved rounds over all configurations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for bench.json and bench.md")
 
@@ -355,14 +356,33 @@ def measure_cached_click(model: Usam, volume: Volume, prompts: list[Prompts], de
 
 def measure_ablation(model: Usam, args: argparse.Namespace, device: torch.device,
                      prompts: list[Prompts]) -> dict[str, dict[str, Any]]:
-    """Encoder (batch 1) and cached decode p50 with each switch off alone (the others on)."""
-    rows = {}
-    for switch in ("none",) + SWITCHES:
-        optimize_for_inference(model, device, **({} if switch == "none" else {switch: False}))
-        r = measure_encode_decode(model, args, device, prompts)
-        rows[switch] = {"encoder_ms_p50": r["encoder_ms"]["p50"], "cached_decode_ms_p50": r["cached_decode_ms"]["p50"],
-                        "cached_decode_ms_p95": r["cached_decode_ms"]["p95"]}
+    """Encoder (batch 1) and cached decode p50/p95 with each switch off alone (the others on).
+
+    Interleaved: each of `repeats` rounds visits every configuration (in a rotated order) and
+    times one encode and its share of the prompts, so the machine's drift between minutes falls
+    on all rows alike instead of on whichever row ran during a slow minute.
+    """
+    configs = ("none",) + SWITCHES
+    rounds = max(args.repeats, 1)
+    x = _images(1, args.seed, device)
+    enc: dict[str, list[float]] = {c: [] for c in configs}
+    dec: dict[str, list[float]] = {c: [] for c in configs}
+    for r in range(rounds):
+        k = r % len(configs)
+        for c in configs[k:] + configs[:k]:
+            optimize_for_inference(model, device, **({} if c == "none" else {c: False}))
+            feats = model.encode(x)  # also the warm-up: derived weights are rebuilt after re-optimising
+            for p in prompts[:max(args.warmup, 1)]:
+                model.decode(feats, [p])
+            enc[c] += time_calls(lambda: model.encode(x), 1, 0, device)
+            for p in prompts[r::rounds]:
+                dec[c] += time_calls(lambda: model.decode(feats, [p]), 1, 0, device)
     optimize_for_inference(model, device)
+    rows = {}
+    for c in configs:
+        d = summary_ms(dec[c])
+        rows[c] = {"encoder_ms_p50": summary_ms(enc[c])["p50"], "cached_decode_ms_p50": d["p50"],
+                   "cached_decode_ms_p95": d["p95"]}
     return rows
 
 
@@ -511,7 +531,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                   + (f" {v['cuda_max_allocated_mb']} |" if cuda else "") for v in opt["volume"]]
         if r.get("ablation"):
             ab = r["ablation"]
-            lines += ["", "| switched off (others on) | encoder ms p50 | cached decode ms p50 | p95 |",
+            lines += ["", "| switched off (others on; rounds interleaved) | encoder ms p50 | cached decode ms p50 | p95 |",
                       "|---|---|---|---|"]
             lines += [f"| {k} | {v['encoder_ms_p50']} | {v['cached_decode_ms_p50']} | {v['cached_decode_ms_p95']} |"
                       for k, v in ab.items()]

@@ -136,3 +136,29 @@ def test_counted_gmacs_agree_with_the_static_count():
     assert ref == pytest.approx(bench.forward_gmacs("demo"), rel=0.1)
     optimize_for_inference(model, "cpu")
     assert 0 < bench.counted_gmacs(model, torch.device("cpu")) < ref  # the sub-pixel up blocks do fewer
+
+
+def test_ablation_interleaves_its_rounds_and_ends_all_on(monkeypatch):
+    """Every round visits every configuration once (rotated); rows for all; the model ends fully optimised."""
+    import torch
+
+    from usam.model import build_usam, get_config
+    from usam.model.fast import FastOptions
+
+    torch.manual_seed(0)
+    model = build_usam(get_config("demo")).eval()
+    visits = []
+    real = bench.optimize_for_inference
+
+    def spy(m, device, **overrides):
+        visits.append(next(iter(overrides), "none"))
+        return real(m, device, **overrides)
+    monkeypatch.setattr(bench, "optimize_for_inference", spy)
+    args = _args("--config", "demo", "--repeats", "2", "--warmup", "0", "--prompts", "4")
+    rows = bench.measure_ablation(model, args, torch.device("cpu"), bench.bench_prompts(4, 0))
+    configs = ("none",) + bench.SWITCHES
+    n = len(configs)
+    assert visits[:n] == list(configs) and visits[n:2 * n] == list(configs[1:] + configs[:1])
+    assert visits[2 * n:] == ["none"]  # back to all switches on
+    assert set(rows) == set(configs) and all(v["cached_decode_ms_p50"] > 0 for v in rows.values())
+    assert model._usam_fast == FastOptions()
