@@ -391,7 +391,7 @@ def _mask_decoder_forward(self, image_embeddings: torch.Tensor, image_pe: torch.
     else:
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(mlps)], dim=1)
     up1 = self.up1
-    if opts.fold_hyper and opts.subpixel_up and b == 1 and isinstance(up1, UpBlock) and "forward" in up1.__dict__:
+    if opts.fold_hyper and opts.subpixel_up and b == 1:  # (subpixel_up: up1 runs _upblock_forward)
         # masks = H x (H: tokens x channels) feeds only up1's sub-pixel conv K: conv(H x, K) = conv(x, K H)
         k = _subpixel_weights(up1)
         kh = torch.einsum("omts,mc->octs", k, hyper_in[0])
