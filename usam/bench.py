@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from usam.model import Usam, build_usam, get_config
-from usam.model.fast import FastOptions, optimize_for_inference, pick_device, restore_reference
+from usam.model.fast import SPEEDUP_SWITCHES, FastOptions, optimize_for_inference, pick_device, restore_reference
 from usam.predictor import VolumePredictor
 from usam.preprocess import DEFAULT_WINDOW, logits_to_labels, preprocess_slices
 from usam.prompts import Prompts
@@ -35,8 +35,7 @@ GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 # issue 7 targets for U-SAM-B, fp32 on the 2-core CPU
 CPU_TARGETS = {"decode_p95_ms": 40.0, "volume_ms_per_slice": 250.0}
 # FastOptions switches measured one by one with --ablate
-SWITCHES = ("sdpa_vit", "sdpa_decoder", "fold_bn", "split_skips", "channels_last", "merge_lora", "subpixel_up",
-            "gemm_head", "batched_hyper", "fold_hyper", "cache_dense_pe")
+SWITCHES = SPEEDUP_SWITCHES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

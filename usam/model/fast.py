@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from types import MethodType
 from typing import Any, Callable
 
@@ -94,6 +94,12 @@ class FastOptions:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (for benchmark reports)."""
         return asdict(self)
+
+
+# the speed-ups that keep the numbers, each on by default (what `usam bench --ablate` switches off
+# one at a time); not inference_mode, nor the GPU-only autocast and compile settings
+SPEEDUP_SWITCHES = tuple(f.name for f in fields(FastOptions)
+                         if f.name not in ("inference_mode", "autocast_dtype", "compile_vit"))
 
 
 def pick_device(requested: str | torch.device | None = None) -> torch.device:
