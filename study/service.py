@@ -23,6 +23,7 @@ from study.db import Database, get_database
 from study.errors import AuthError, Conflict, InvalidInput, NotFound, PermissionDenied
 from study.models import (ActivityEvent, AnnotationSession, Assignment, Case, Clinician, ModelOutput,
                           PromptEvent, SliceMask, Study, Submission, utcnow)
+from study.masks import INTERPOLATED as INTERP
 from study.scoring import check_labels, decode_mask, encode_mask, score_case
 from study.timing import Event, compute_times, prompt_time
 
@@ -267,9 +268,14 @@ class StudyService:
         return SliceView(z, np.asarray(lc.volume.array[z], dtype=np.float32), mask, source)
 
     def save_slice(self, token: str, assignment_id: int, z: int, mask: np.ndarray, source: str = "manual") -> dict:
-        """Store the reader's label map of slice z (0/1/2, slice shape); overwrites their draft."""
+        """Store the reader's label map of slice z (0/1/2, slice shape); overwrites their draft.
+
+        An absent mask (None) is refused: it never erases a stored slice (an empty slice is an
+        explicit all-zero map, source 'empty')."""
         if source not in ("manual", "model", "copy", "empty"):
             raise InvalidInput("Unknown mask source.")
+        if mask is None:
+            raise InvalidInput("No mask was received: nothing was saved.")
         for attempt in range(2):
             try:
                 with self.db.session() as s:
@@ -297,6 +303,71 @@ class StudyService:
             except IntegrityError:      # two tabs saving the same new slice at once: retry as update
                 if attempt:
                     raise
+
+    def slice_states(self, token: str, assignment_id: int) -> dict[int, tuple[str, bool]]:
+        """{z: (source, has labels)} of the reader's stored slices of their current case."""
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            return self._states(s, a.id)
+
+    @staticmethod
+    def _states(s: Session, aid: int) -> dict[int, tuple[str, bool]]:
+        rows = s.execute(select(SliceMask.z, SliceMask.source, SliceMask.data, SliceMask.height, SliceMask.width)
+                         .where(SliceMask.assignment_id == aid)).all()
+        return {z: (src, src != "empty" and bool(decode_mask(d, (h, w)).any())) for z, src, d, h, w in rows}
+
+    def interpolate(self, token: str, assignment_id: int) -> dict:
+        """Fill the untouched slices between the reader's saved slices by shape-based interpolation.
+
+        Filled slices are stored with source 'interpolated' (kept across sessions, shown as such)
+        until the reader saves each one; a case with unconfirmed interpolated slices cannot be
+        submitted. Slices the reader saved are never changed."""
+        from study.masks import interpolate_labels, plan_interpolation
+
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, assignment_id)
+            case = s.get(Case, a.case_id)
+            states = self._states(s, a.id)
+            plan = plan_interpolation(states, case.start_slice, case.end_slice)
+            need = {z for za, zb, _ in plan for z in (za, zb)}
+            rows = {r.z: r for r in s.scalars(select(SliceMask).where(SliceMask.assignment_id == a.id,
+                                                                    SliceMask.z.in_(need)))} if need else {}
+            anchors = {z: decode_mask(r.data, (r.height, r.width)) for z, r in rows.items()}
+            anchor_saves = {z: r.saves for z, r in rows.items()}
+            aid = a.id
+        filled = {}
+        for za, zb, zs in plan:
+            for z in zs:
+                filled[z] = interpolate_labels(anchors[za], anchors[zb], (z - za) / (zb - za))
+        if not filled:
+            return {"interpolated": [], "gaps": 0}
+        with self.db.session() as s:
+            user = self._user(s, token, "reader")
+            a = self._owned(s, user, aid)
+            self._take(s, a)
+            # read again after the lock: a slice saved meanwhile by the reader is theirs, kept
+            now = {z: src for z, src in s.execute(select(SliceMask.z, SliceMask.source)
+                                                  .where(SliceMask.assignment_id == a.id)).all()}
+            saves = dict(s.execute(select(SliceMask.z, SliceMask.saves).where(SliceMask.assignment_id == a.id,
+                                                                              SliceMask.z.in_(need))).all())
+            if saves != anchor_saves:
+                raise Conflict("A slice changed while interpolating: press Interpolate again.")
+            done = []
+            for z, lab in sorted(filled.items()):
+                if z in now and now[z] != INTERP:
+                    continue
+                row = s.scalar(select(SliceMask).where(SliceMask.assignment_id == a.id, SliceMask.z == z))
+                if row is None:
+                    s.add(SliceMask(assignment_id=a.id, z=z, data=encode_mask(lab), height=lab.shape[0],
+                                    width=lab.shape[1], source=INTERP))
+                else:
+                    row.data, row.saves, row.saved_at = encode_mask(lab), row.saves + 1, self.clock()
+                done.append(z)
+            s.add(ActivityEvent(assignment_id=a.id, kind="input", active=True, t=self.clock()))
+            ops.audit(s, user.id, "interpolate", f"assignment:{a.id}", slices=done)
+            return {"interpolated": done, "gaps": len(plan)}
 
     def heartbeat(self, token: str, assignment_id: int, visible: bool = True, had_input: bool = True,
                   z: int | None = None) -> dict:
@@ -396,6 +467,11 @@ class StudyService:
             case = s.get(Case, a.case_id)
             study = s.get(Study, a.study_id)
             rows = list(s.scalars(select(SliceMask).where(SliceMask.assignment_id == a.id)))
+            pending = sorted(r.z for r in rows if r.source == INTERP)
+            if pending:
+                raise Conflict(f"{len(pending)} interpolated slice{'s are' if len(pending) > 1 else ' is'} not "
+                               f"confirmed yet (slice {', '.join(map(str, pending[:10]))}"
+                               f"{'…' if len(pending) > 10 else ''}): check and save each, then submit.")
             masks = {r.z: decode_mask(r.data, (r.height, r.width)) for r in rows}
             state = {r.z: r.saves for r in rows}
             info = dict(case_paths=(case.volume_path, case.gt_path, case.gt_sha256), start=case.start_slice,
