@@ -142,6 +142,7 @@ class AppContext:
         self._metadata = metadata
         self._weights_path = weights_path
         self._info: WeightsInfo | None = None
+        self._inference: Any = None  # the model's FastUsam, built on first use
         self.gpu = gpu_decorator()
         if model is not None and metadata is None:
             cfg = getattr(model, "config", None)
@@ -190,12 +191,23 @@ class AppContext:
                     self._load()
         return self._model, self._metadata
 
+    def inference_model(self) -> Any:
+        """The shared model's inference form (usam.model.fast.FastUsam), built once for every session."""
+        model, _ = self.get_model()
+        if self._inference is None or self._inference.model is not model:
+            with self._lock:
+                if self._inference is None or self._inference.model is not model:
+                    from usam.model.fast import optimize_for_inference
+
+                    self._inference = optimize_for_inference(model, self.device)
+        return self._inference
+
     def new_predictor(self, volume: Any) -> Any:
         """A VolumePredictor for one session's volume on the shared model."""
         from usam.predictor import VolumePredictor
 
-        model, meta = self.get_model()
-        return VolumePredictor(model, volume, meta, device=self.device)
+        _, meta = self.get_model()
+        return VolumePredictor(self.inference_model(), volume, meta, device=self.device)
 
     def weights_info(self) -> WeightsInfo:
         """Description of the active weights (loads the model if needed)."""

@@ -132,37 +132,29 @@ def volume_summary(s: Session) -> str:
     except Exception:
         pass
     on_disk = src.get("shape_on_disk")
-    return (f"**{s.name}** · {nx} × {ny} × {nz} voxels (x × y × z) · spacing {sx:.2f} × {sy:.2f} × {sz:.2f} mm"
+    return (f"**{_md(s.name)}** · {nx} × {ny} × {nz} voxels (x × y × z) · spacing {sx:.2f} × {sy:.2f} × {sz:.2f} mm"
             f" · {orient}" + (f" · on disk {tuple(on_disk)}" if on_disk else "")
             + f" · hash `{s.volume_hash[:12]}`")
 
 
 # --- prompts and predictions -----------------------------------------------------------------
-def model_prompts(items: tuple[PromptItem, ...], shape_hw: tuple[int, int]) -> Any:
-    """Session prompts (slice pixels) -> usam.prompts.Prompts in the 224 frame (None if empty)."""
-    from usam.prompts import Prompts, slice_to_model
+def model_prompts(items: tuple[PromptItem, ...]) -> Any:
+    """Session prompts -> usam.prompts.SlicePrompts in slice pixels (None if empty); the library converts."""
+    from usam.prompts import SlicePrompts
 
     pts = [p for p in items if p.kind == "point"]
     boxes = [p for p in items if p.kind == "box"][-1:]  # one box per slice: the latest
     if not pts and not boxes:
         return None
-    kw: dict[str, Any] = {}
-    if pts:
-        kw["points"] = slice_to_model(np.array([[p.x, p.y] for p in pts], np.float64), shape_hw)
-        kw["point_labels"] = [p.label for p in pts]
-        kw["point_classes"] = [p.cls for p in pts]
-    if boxes:
-        x0, y0, x1, y1 = boxes[0].box
-        corners = slice_to_model(np.array([[x0, y0], [x1, y1]], np.float64), shape_hw)
-        kw["boxes"] = np.clip(corners.reshape(1, 4), 0, 223)
-        kw["box_classes"] = [0]  # union box, as U-SAM/B
-    return Prompts(**kw)
+    return SlicePrompts(points=[[p.x, p.y] for p in pts], point_labels=[p.label for p in pts],
+                        point_classes=[p.cls for p in pts], boxes=[list(b.box) for b in boxes],
+                        box_classes=[0] * len(boxes))  # union box, as U-SAM/B
 
 
 def _predict(s: Session, z: int, items: tuple[PromptItem, ...]) -> np.ndarray:
     """Run the predictor on slice z; records the timing shown in the page."""
     t0 = time.perf_counter()
-    res = s.predictor.predict(z, model_prompts(items, s.slice_shape))
+    res = s.predictor.predict(z, model_prompts(items))
     s.last_timing = {"z": z, "decoder_ms": float(res.decoder_ms), "encoder_ms": float(res.encoder_ms),
                      "cached": bool(res.cached), "predict_ms": (time.perf_counter() - t0) * 1000.0,
                      "prompts": len(items)}

@@ -86,6 +86,8 @@ def default_predictor_factory(checkpoint: str | None = None, device: str = "cpu"
     from usam.checkpoints import load_checkpoint, resolve_weights
     from usam.predictor import VolumePredictor
 
+    from usam.model.fast import optimize_for_inference
+
     model, meta = load_checkpoint(resolve_weights(checkpoint), device=device)
-    model.eval()
-    return lambda volume: VolumePredictor(model, volume, meta, device=device)
+    fast = optimize_for_inference(model, device)  # once, where the model is loaded
+    return lambda volume: VolumePredictor(fast, volume, meta, device=device)

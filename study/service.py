@@ -419,7 +419,7 @@ class StudyService:
             z = self._case_z(case, z)
             h, w = int(case.shape[1]), int(case.shape[2])
             pts, boxes = _check_prompts(points or [], box, h, w, a.arm)
-        prompts = _to_prompts(pts, boxes, (h, w))
+        prompts = _to_prompts(pts, boxes)
         t0 = time.perf_counter()
         result = self._predictor(case).predict(z, prompts if (pts or boxes) else None)
         ms = (time.perf_counter() - t0) * 1000.0
@@ -655,20 +655,17 @@ def _as_int(v: Any, what: str) -> int:
     return int(f)
 
 
-def _to_prompts(pts: list, boxes: list, hw: tuple[int, int]):
-    """Slice-pixel prompt tuples -> usam Prompts in the 224 model frame."""
-    from usam.prompts import Prompts, slice_to_model
+def _to_prompts(pts: list, boxes: list):
+    """Slice-pixel prompt tuples -> usam SlicePrompts (the library converts to its frame).
 
-    kw = {}
-    if pts:
-        kw.update(points=slice_to_model(np.array([[p[0], p[1]] for p in pts], np.float32), hw),
-                  point_labels=np.array([int(p[3]) for p in pts], np.int64),
-                  point_classes=np.array([p[2] for p in pts], np.int64))
-    if boxes:
-        b = boxes[0]
-        corners = slice_to_model(np.array([[b[0], b[1]], [b[2], b[3]]], np.float32), hw)
-        kw.update(boxes=np.asarray(corners, np.float32).reshape(1, 4), box_classes=np.array([b[4]], np.int64))
-    return Prompts(**kw)
+    The study's boxes end one past their last pixel (x0 < x1 <= w); SlicePrompts' corners are
+    the first and last pixel, hence the - 1."""
+    from usam.prompts import SlicePrompts
+
+    return SlicePrompts(points=[[p[0], p[1]] for p in pts], point_labels=[int(p[3]) for p in pts],
+                        point_classes=[p[2] for p in pts],
+                        boxes=[[b[0], b[1], max(b[0], b[2] - 1), max(b[1], b[3] - 1)] for b in boxes[:1]],
+                        box_classes=[b[4] for b in boxes[:1]])
 
 
 def _check_prompts(points: list, box, h: int, w: int, arm: str) -> tuple[list, list]:

@@ -1,8 +1,8 @@
 """`python -m usam bench`: encoder, cached decode, whole-volume and end-to-end timings, memory.
 
 For each configuration the same weights run twice: as built (the reference path, segment-anything's
-own modules) and after usam.model.fast.optimize_for_inference (the path VolumePredictor and so the
-app use). The naive path of the comparison is the reference model doing a full forward per click
+own modules) and through the inference model usam.model.fast.FastUsam (the path the app and the
+CLIs use); both through usam.predictor's one inference path (encode_images, predict_logits). The naive path of the comparison is the reference model doing a full forward per click
 (no feature cache) and a per-slice loop at batch 1; the optimised path caches features and batches
 slices. Warm-up first, then repetitions; figures are medians (p50/p95 for decodes). Peak RSS is
 reset (Linux clear_refs) before each path. Writes bench.json and bench.md with --out DIR.
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from usam.model import Usam, build_usam, get_config
-from usam.model.fast import SPEEDUP_SWITCHES, FastOptions, optimize_for_inference, pick_device, restore_reference
-from usam.predictor import VolumePredictor
+from usam.model.fast import FastUsam, pick_device
+from usam.predictor import InferenceModel, VolumePredictor, encode_images, predict_logits
 from usam.preprocess import DEFAULT_WINDOW, logits_to_labels, preprocess_slices
 from usam.prompts import Prompts
 from usam.volumes import Volume
@@ -34,8 +34,6 @@ CPU_BATCHES = (1, 2, 4, 8, 16)
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 # issue 7 targets for U-SAM-B, fp32 on the 2-core CPU
 CPU_TARGETS = {"decode_p95_ms": 40.0, "volume_ms_per_slice": 250.0}
-# FastOptions switches measured one by one with --ablate
-SWITCHES = SPEEDUP_SWITCHES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case-repeats", type=int, default=1, help="end-to-end runs (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-naive", action="store_true", help="skip the reference/naive path")
-    parser.add_argument("--ablate", action="store_true",
-                        help="also time encoder and cached decode with each speed-up switched off alone "
-                             "(--repeats interleaved rounds over all configurations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for bench.json and bench.md")
 
@@ -108,13 +103,13 @@ def forward_gmacs(config: str) -> float:
     return round(count_usam(config).gflops, 2)
 
 
-def counted_gmacs(model: Usam, device: torch.device) -> float:
-    """Multiply-adds (G) the model as it stands runs for one prompt-free slice, counted (convs, matmuls, attention)."""
+def counted_gmacs(model: InferenceModel, device: torch.device) -> float:
+    """Multiply-adds (G) this model (reference or inference) runs for one prompt-free slice, counted (convs, matmuls, attention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = _images(1, 0, device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
+        predict_logits(model, encode_images(model, x))
     return round(counter.get_total_flops() / 2e9, 2)
 
 
@@ -275,39 +270,44 @@ def _images(n: int, seed: int, device: torch.device) -> torch.Tensor:
     return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-def measure_encode_decode(model: Usam, args: argparse.Namespace, device: torch.device,
+def measure_encode_decode(model: InferenceModel, args: argparse.Namespace, device: torch.device,
                           prompts: list[Prompts]) -> dict[str, Any]:
     """Encoder time per slice (batch 1) and cached decode time per prompt (batch 1)."""
     x = _images(1, args.seed, device)
-    enc = time_calls(lambda: model.encode(x), args.repeats, args.warmup, device)
-    feats = model.encode(x)
+    enc = time_calls(lambda: encode_images(model, x), args.repeats, args.warmup, device)
+    feats = encode_images(model, x)
     for p in prompts[:max(args.warmup, 1)]:
-        model.decode(feats, [p])
+        predict_logits(model, feats, [p])
     dec = []
     for p in prompts:
-        dec += time_calls(lambda: model.decode(feats, [p]), 1, 0, device)
+        dec += time_calls(lambda: predict_logits(model, feats, [p]), 1, 0, device)
     return {"encoder_ms": summary_ms(enc), "cached_decode_ms": summary_ms(dec)}
 
 
-def measure_click_no_cache(model: Usam, args: argparse.Namespace, device: torch.device,
+def _full_forward(model: InferenceModel, x: torch.Tensor, prompts: list[Prompts | None] | None = None) -> torch.Tensor:
+    """Encode then decode, no cache: the naive path's unit."""
+    return predict_logits(model, encode_images(model, x), prompts)
+
+
+def measure_click_no_cache(model: InferenceModel, args: argparse.Namespace, device: torch.device,
                            prompts: list[Prompts]) -> dict[str, float]:
     """Naive click: encoder + decoder for every prompt (no feature cache)."""
     x = _images(1, args.seed, device)
-    model(x, [prompts[0]])
+    _full_forward(model, x, [prompts[0]])
     times = []
     for p in prompts[:max(args.repeats, 1)]:
-        times += time_calls(lambda: model(x, [p]), 1, 0, device)
+        times += time_calls(lambda: _full_forward(model, x, [p]), 1, 0, device)
     return summary_ms(times)
 
 
-def measure_volume(model: Usam, batch_sizes: list[int], args: argparse.Namespace,
+def measure_volume(model: InferenceModel, batch_sizes: list[int], args: argparse.Namespace,
                    device: torch.device, memory: PeakMemory) -> list[dict[str, float]]:
     """Whole-volume throughput without prompts (encode + decode) per batch size, with each batch's peak memory."""
     rows = []
     for bs in batch_sizes:
         x = _images(bs, args.seed + bs, device)
         memory.reset_row()
-        secs = time_calls(lambda: model(x), args.repeats, args.warmup, device)
+        secs = time_calls(lambda: _full_forward(model, x), args.repeats, args.warmup, device)
         per = float(np.median(secs)) / bs
         rows.append({"batch": bs, "ms_per_slice": round(per * 1000.0, 2), "slices_per_s": round(1.0 / per, 2),
                      **memory.row()})
@@ -321,17 +321,17 @@ def case_volume(args: argparse.Namespace) -> Volume:
     return Volume(hu, (2.5, 0.8, 0.8), np.eye(4), {"format": "bench", "name": "random"})
 
 
-def run_case_naive(model: Usam, volume: Volume, device: torch.device) -> np.ndarray:
+def run_case_naive(model: InferenceModel, volume: Volume, device: torch.device) -> np.ndarray:
     """The naive end to end: per slice, preprocess -> full forward at batch 1 -> logits resized -> labels."""
     hu = volume.array
     out = np.zeros(hu.shape, np.uint8)
     for z in range(len(hu)):
         x = preprocess_slices(hu[z], DEFAULT_WINDOW).to(device)
-        out[z] = logits_to_labels(model(x), hu.shape[1:])[0][0]
+        out[z] = logits_to_labels(_full_forward(model, x), hu.shape[1:])[0][0]
     return out
 
 
-def run_case_predictor(model: Usam, volume: Volume, batch: int, device: torch.device) -> np.ndarray:
+def run_case_predictor(model: InferenceModel, volume: Volume, batch: int, device: torch.device) -> np.ndarray:
     """The app's end to end: a fresh VolumePredictor (empty cache) and predict_volume in batches."""
     meta = {"preprocessing": {"window": list(DEFAULT_WINDOW)}}
     return VolumePredictor(model, volume, meta, device=device).predict_volume(batch_size=batch)
@@ -345,7 +345,7 @@ def measure_case(fn: Callable[[], Any], volume: Volume, batch: int, args: argpar
             "seconds": round(float(np.median(secs)), 3), "runs": len(secs)}
 
 
-def measure_cached_click(model: Usam, volume: Volume, prompts: list[Prompts], device: torch.device) -> dict[str, float]:
+def measure_cached_click(model: InferenceModel, volume: Volume, prompts: list[Prompts], device: torch.device) -> dict[str, float]:
     """A click as the app runs it on a cached slice: VolumePredictor.predict (decode + resize to the slice)."""
     meta = {"preprocessing": {"window": list(DEFAULT_WINDOW)}}
     pred = VolumePredictor(model, volume, meta, device=device)
@@ -353,47 +353,13 @@ def measure_cached_click(model: Usam, volume: Volume, prompts: list[Prompts], de
     return summary_ms([pred.predict(0, p).decoder_ms / 1000.0 for p in prompts])
 
 
-def measure_ablation(model: Usam, args: argparse.Namespace, device: torch.device,
-                     prompts: list[Prompts]) -> dict[str, dict[str, Any]]:
-    """Encoder (batch 1) and cached decode p50/p95 with each switch off alone (the others on).
-
-    Interleaved: each of `repeats` rounds visits every configuration (in a rotated order) and
-    times one encode and its share of the prompts, so the machine's drift between minutes falls
-    on all rows alike instead of on whichever row ran during a slow minute.
-    """
-    configs = ("none",) + SWITCHES
-    rounds = max(args.repeats, 1)
-    x = _images(1, args.seed, device)
-    enc: dict[str, list[float]] = {c: [] for c in configs}
-    dec: dict[str, list[float]] = {c: [] for c in configs}
-    for r in range(rounds):
-        k = r % len(configs)
-        for c in configs[k:] + configs[:k]:
-            optimize_for_inference(model, device, **({} if c == "none" else {c: False}))
-            feats = model.encode(x)  # also the warm-up: derived weights are rebuilt after re-optimising
-            for p in prompts[:max(args.warmup, 1)]:
-                model.decode(feats, [p])
-            enc[c] += time_calls(lambda: model.encode(x), 1, 0, device)
-            for p in prompts[r::rounds]:
-                dec[c] += time_calls(lambda: model.decode(feats, [p]), 1, 0, device)
-    optimize_for_inference(model, device)
-    rows = {}
-    for c in configs:
-        d = summary_ms(dec[c])
-        rows[c] = {"encoder_ms_p50": summary_ms(enc[c])["p50"], "cached_decode_ms_p50": d["p50"],
-                   "cached_decode_ms_p95": d["p95"]}
-    return rows
-
-
-def max_logit_difference(model: Usam, device: torch.device, prompts: list[Prompts], seed: int) -> tuple[float, float]:
-    """(max |optimised - reference| logits, max |reference logit|) on two images with prompts (ends optimised)."""
+def max_logit_difference(model: Usam, fast: FastUsam, device: torch.device, prompts: list[Prompts],
+                         seed: int) -> tuple[float, float]:
+    """(max |optimised - reference| logits, max |reference logit|) on two images with prompts."""
     x = _images(2, seed + 99, device)
     p = [prompts[1 % len(prompts)], None]
-    restore_reference(model)
-    with torch.inference_mode():
-        ref = model(x, p).float()
-    optimize_for_inference(model, device)
-    return float((model(x, p).float() - ref).abs().max()), float(ref.abs().max())
+    ref = _full_forward(model, x, p)
+    return float((_full_forward(fast, x, p) - ref).abs().max()), float(ref.abs().max())
 
 
 def bench_config(config: str, args: argparse.Namespace, device: torch.device, batch_sizes: list[int]) -> dict[str, Any]:
@@ -401,14 +367,13 @@ def bench_config(config: str, args: argparse.Namespace, device: torch.device, ba
     model, weights = load_model(config, args.checkpoint if config == "demo" else None, device, args.seed)
     prompts = bench_prompts(max(args.prompts, 2), args.seed)
     volume = case_volume(args)
-    res: dict[str, Any] = {"config": config, "weights": weights, "device": str(device),
-                           "options": FastOptions.for_device(device).to_dict()}
+    fast = FastUsam(model)
+    res: dict[str, Any] = {"config": config, "weights": weights, "device": str(device)}
     res["gmacs_per_slice"] = forward_gmacs(config)
     res["matmul_gflops"] = matmul_gflops(device)
     memory = PeakMemory(device)
     with torch.inference_mode():  # the reference path gets it too: the comparison is about the model code
         if not args.no_naive:
-            restore_reference(model)
             memory.start()
             ref = measure_encode_decode(model, args, device, prompts)
             ref["click_no_cache_ms"] = measure_click_no_cache(model, args, device, prompts)
@@ -418,24 +383,22 @@ def bench_config(config: str, args: argparse.Namespace, device: torch.device, ba
             ref["case"].update(memory.row())
             ref.update(memory.total())
             res["reference"] = ref
-        res["max_abs_logit_diff"], res["max_abs_logit"] = max_logit_difference(model, device, prompts, args.seed)
-        res["optimized_gmacs_per_slice"] = counted_gmacs(model, device)
+        res["max_abs_logit_diff"], res["max_abs_logit"] = max_logit_difference(model, fast, device, prompts, args.seed)
+        res["optimized_gmacs_per_slice"] = counted_gmacs(fast, device)
         # no fp32 implementation of these operations can do a slice faster than at the matmul rate
         res["floor_ms_per_slice"] = round(2 * res["optimized_gmacs_per_slice"] / res["matmul_gflops"] * 1000, 1)
         memory.start()
-        opt = measure_encode_decode(model, args, device, prompts)
-        opt["click_cached_predictor_ms"] = measure_cached_click(model, volume, prompts, device)
-        opt["volume"] = measure_volume(model, batch_sizes, args, device, memory)
+        opt = measure_encode_decode(fast, args, device, prompts)
+        opt["click_cached_predictor_ms"] = measure_cached_click(fast, volume, prompts, device)
+        opt["volume"] = measure_volume(fast, batch_sizes, args, device, memory)
         best = min(opt["volume"], key=lambda r: r["ms_per_slice"])
         opt["best_batch"] = best["batch"]
         memory.reset_row()
-        opt["case"] = measure_case(lambda: run_case_predictor(model, volume, best["batch"], device), volume,
+        opt["case"] = measure_case(lambda: run_case_predictor(fast, volume, best["batch"], device), volume,
                                    best["batch"], args, device)
         opt["case"].update(memory.row())
         opt.update(memory.total())
         res["optimized"] = opt
-        if args.ablate:
-            res["ablation"] = measure_ablation(model, args, device, prompts)
     for key in ("peak_rss_mb", "cuda_max_allocated_mb"):
         if key in opt:
             res[key] = max(res.get("reference", {}).get(key, 0.0), opt[key])
@@ -473,7 +436,7 @@ def _mem(d: dict[str, Any]) -> str:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown tables: one summary per configuration, its batch sweep and ablation."""
+    """The report as Markdown tables: one summary per configuration and its batch sweep."""
     m = report["machine"]
     a = report.get("args", {})
     lines = [f"Machine: {m['cpu']}, {m['nproc']} CPUs, torch {m['torch']}, {m['threads']} threads, "
@@ -528,12 +491,6 @@ def to_markdown(report: dict[str, Any]) -> str:
                   "|---|---|---|---|" + ("---|" if cuda else "")]
         lines += [f"| {v['batch']} | {v['ms_per_slice']} | {v['slices_per_s']} | {v['peak_rss_mb']} |"
                   + (f" {v['cuda_max_allocated_mb']} |" if cuda else "") for v in opt["volume"]]
-        if r.get("ablation"):
-            ab = r["ablation"]
-            lines += ["", "| switched off (others on; rounds interleaved) | encoder ms p50 | cached decode ms p50 | p95 |",
-                      "|---|---|---|---|"]
-            lines += [f"| {k} | {v['encoder_ms_p50']} | {v['cached_decode_ms_p50']} | {v['cached_decode_ms_p95']} |"
-                      for k, v in ab.items()]
         lines.append("")
     return "\n".join(lines)
 

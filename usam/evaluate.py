@@ -171,28 +171,25 @@ def evaluate_reference(cases: Iterable[D.CaseData], predict224: SlicePredictor, 
 # ----------------------------------------------------------------------------- model inference
 
 
-def model_predictors(model: torch.nn.Module, window: tuple[float, float], device: torch.device,
+def model_predictors(model: torch.nn.Module, window: tuple[float, float], device: torch.device | None = None,
                      batch_size: int = 8, prompt_rules: str = "none") -> tuple[CasePredictor, SlicePredictor]:
-    """Predict functions of a model: every slice is encoded once and decoded per prompt mode;
-    case3d labels come from bilinearly upsampled logits (usam.preprocess.logits_to_labels);
-    prompt_rules (usam.prompt_rules) constrain the logits to what the prompts state."""
+    """Predict functions of a model (a Usam in eval mode or its FastUsam; used as given): every
+    slice is encoded once and decoded per prompt mode through usam.predictor's one inference
+    path; case3d labels come from bilinearly upsampled logits (usam.preprocess.logits_to_labels);
+    prompt_rules (usam.prompt_rules) constrain the logits to what the prompts state.
+    `device` is the model's (kept for callers that pass it)."""
+    from usam.predictor import encode_images, predict_logits
     from usam.preprocess import logits_to_labels
-    from usam.prompt_rules import apply_prompt_rules, parse_rules
+    from usam.prompt_rules import parse_rules
 
-    use_box, use_gate, use_select = parse_rules(prompt_rules)
+    rules = parse_rules(prompt_rules)
 
-    model.eval().to(device)
-
-    @torch.no_grad()
     def run_chunks(images: torch.Tensor, prompts: dict, out_hw: tuple[int, int] | None) -> dict:
         out: dict[str, list] = {m: [] for m in prompts}
         for i in range(0, images.shape[0], batch_size):
-            feats = model.encode(images[i:i + batch_size].to(device))
+            feats = encode_images(model, images[i:i + batch_size])
             for m, plist in prompts.items():
-                chunk = list(plist[i:i + batch_size])
-                logits = model.decode(feats, chunk).float()
-                if use_box or use_gate or use_select:
-                    logits = apply_prompt_rules(logits, chunk, use_box, use_gate, use_select)
+                logits = predict_logits(model, feats, list(plist[i:i + batch_size]), rules)
                 if out_hw is None:
                     out[m].append(logits.argmax(1).to(torch.uint8).cpu().numpy())
                 else:
@@ -303,7 +300,7 @@ def write_reports(result: dict, out_dir: str | Path, name: str = "eval") -> list
 def run(args: argparse.Namespace) -> int:
     """Evaluate; prints the Markdown table (or one JSON object with --json)."""
     from usam.checkpoints import load_checkpoint, resolve_weights
-
+    from usam.model.fast import optimize_for_inference
     from usam.prompt_rules import parse_rules
 
     modes = parse_prompt_modes(args.prompt)
@@ -315,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = resolve_weights(args.checkpoint)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(ckpt, device=str(device))
+    model = optimize_for_inference(model, device)  # once, where the model is loaded
     window = tuple(args.window) if args.window else tuple(
         (meta.get("preprocessing") or {}).get("window") or D.DEFAULT_WINDOW)
     predict_case, predict224 = model_predictors(model, window, device, args.batch_size, args.prompt_rules)

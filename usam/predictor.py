@@ -1,4 +1,10 @@
-"""Per-volume prediction session: slice features computed once and cached, prompts decoded in ms."""
+"""The one inference path (encode_images, predict_logits) and the per-volume prediction session.
+
+Every caller that runs the network (VolumePredictor, usam evaluate, usam train's validation,
+the benchmarks) encodes with encode_images and decodes with predict_logits, so a change of the
+decoder's inputs is made here once. The model is a Usam (the reference path) or the inference
+model built once where the model is loaded (usam.model.fast.optimize_for_inference).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,19 +12,57 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
 
-from usam.errors import PromptError
+from usam.errors import PromptError, UsamError
 from usam.model import ImageFeatures, Usam
-from usam.model.fast import is_optimized, optimize_for_inference
+from usam.model.fast import FastUsam
 from usam.preprocess import DEFAULT_WINDOW, logits_to_labels, preprocess_slices
 from usam.prompt_rules import apply_prompt_rules, parse_rules
-from usam.prompts import Prompts
+from usam.prompts import Prompts, SlicePrompts, to_model_frame
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
+InferenceModel = Union[Usam, FastUsam]
+NO_RULES = (False, False, False)
+
+
+def _model_device(model: InferenceModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _autocast(device: torch.device, amp: bool | None):
+    """bf16 autocast where asked (amp None: on CUDA only, where it is the measured default)."""
+    if amp is None:
+        amp = device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def encode_images(model: InferenceModel, images: torch.Tensor, amp: bool | None = None) -> ImageFeatures:
+    """(B, 3, 224, 224) model input -> float32 ImageFeatures on the model's device, without gradients."""
+    device = _model_device(model)
+    with torch.inference_mode(), _autocast(device, amp):
+        feats = model.encode(images.to(device))
+    return feats.to(dtype=torch.float32)
+
+
+def predict_logits(model: InferenceModel, features: ImageFeatures, prompts: Sequence[Prompts | None] | None = None,
+                   rules: tuple[bool, bool, bool] | str = NO_RULES, amp: bool | None = None) -> torch.Tensor:
+    """The one decode: features + one model-frame Prompts (or None) per image -> float32 logits (B, K, 224, 224).
+
+    `rules` (usam.prompt_rules: parse_rules' tuple or its text) constrain the logits to what the
+    prompts state; off unless asked for. amp: bf16 autocast (None: on CUDA).
+    """
+    if isinstance(rules, str):
+        rules = parse_rules(rules)
+    plist = [None] * len(features) if prompts is None else list(prompts)
+    with torch.inference_mode(), _autocast(features.embedding.device, amp):
+        logits = model.decode(features, plist).float()
+    if any(rules):
+        logits = apply_prompt_rules(logits, plist, *rules)
+    return logits
 
 
 @dataclass
@@ -72,39 +116,36 @@ class FeatureCache:
         self.nbytes = 0
 
 
-def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class VolumePredictor:
     """U-SAM over one volume. predict(z, prompts) re-runs only the prompt encoder and decoder once
     slice z's features are cached; encoder_calls counts slices run through the encoder.
 
-    fast=True (default) applies usam.model.fast.optimize_for_inference to the model IN PLACE
-    (idempotent; a model shared by several predictors is optimised once): same weights and the
-    same logits up to fp32 rounding (tests/usam/test_fast.py), smaller cached features, and on
-    CUDA bf16 autocast. fast=False keeps the model's own forwards (the reference path); a model
-    that is already optimised stays optimised.
+    `model` is used as given and never changed: the inference model that
+    usam.model.fast.optimize_for_inference built once where the model was loaded (the fast
+    path: same logits up to fp32 rounding, smaller cached features), or a Usam in eval mode (the
+    reference path). Prompts are SlicePrompts in slice pixels (x = column, y = row), converted
+    to the model frame here; model-frame Prompts (e.g. from usam.prompts.box_from_mask) pass.
 
     prompt_rules (usam.prompt_rules; default all): a box confines the foreground, the classes
     clicked are the classes drawn on that slice, a clicked class keeps the regions clicked.
     "none" gives the network's own output.
     """
 
-    def __init__(self, model: Usam, volume: Any, metadata: dict | None = None, device: str | torch.device | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, fast: bool = True, prompt_rules: str = "all") -> None:
+    def __init__(self, model: InferenceModel, volume: Any, metadata: dict | None = None,
+                 device: str | torch.device | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 prompt_rules: str = "all") -> None:
         self.volume = volume
         self.metadata = dict(metadata or {})
-        self.device = torch.device(device) if device is not None else default_device()
-        on_device = next(model.parameters()).device == self.device
-        if fast and not (is_optimized(model) and on_device):  # keep options someone chose before
-            optimize_for_inference(model, self.device)  # also eval() and .to(device)
-        else:
-            param = next(model.parameters())
-            if param.device != self.device:
-                model = model.to(self.device)
-            model.eval()
+        if not isinstance(model, (Usam, FastUsam)):
+            raise UsamError(f"VolumePredictor needs a Usam or FastUsam model, not {type(model).__name__}")
+        here = _model_device(model)
+        self.device = here if device is None else torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if here != self.device:
+            raise UsamError(f"the model is on {here}, not on {self.device}: move it where it is loaded")
+        if model.training:
+            raise UsamError("the model is in training mode: call model.eval() where it is loaded")
         self.model = model
         pre = self.metadata.get("preprocessing") or {}
         self.window = tuple(float(v) for v in (pre.get("window") or DEFAULT_WINDOW))
@@ -123,11 +164,6 @@ class VolumePredictor:
         """(h, w) of a slice."""
         return tuple(int(s) for s in self.volume.array.shape[1:])  # type: ignore[return-value]
 
-    def _autocast(self):
-        if self.device.type == "cuda" and not is_optimized(self.model):  # the fast path autocasts itself
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _check_z(self, z: int) -> int:
         z = int(z)
         if not 0 <= z < self.num_slices:
@@ -136,10 +172,8 @@ class VolumePredictor:
 
     def _encode(self, zs: list[int]) -> ImageFeatures:
         """Run the encoder on these slices, cache and return their features (float32)."""
-        x = preprocess_slices(np.asarray(self.volume.array[zs], dtype=np.float32), self.window).to(self.device)
-        with torch.inference_mode(), self._autocast():
-            feats = self.model.encode(x)
-        feats = feats.to(dtype=torch.float32)
+        x = preprocess_slices(np.asarray(self.volume.array[zs], dtype=np.float32), self.window)
+        feats = encode_images(self.model, x)
         self.encoder_calls += len(zs)
         for i, z in enumerate(zs):
             self.cache.put(z, feats.index(i).clone())
@@ -159,17 +193,16 @@ class VolumePredictor:
             return (parts[0] if len(parts) == 1 else ImageFeatures.cat(parts)), missing
 
     def _decode(self, feats: ImageFeatures, prompts: list[Prompts | None]) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode(), self._autocast():
-            logits = self.model.decode(feats, prompts).float()
-        if any(self._rules):
-            logits = apply_prompt_rules(logits, list(prompts), *self._rules)
-        return logits_to_labels(logits, self.slice_shape)
+        return logits_to_labels(predict_logits(self.model, feats, prompts, self._rules), self.slice_shape)
 
-    def predict(self, z: int, prompts: Prompts | None = None) -> SliceResult:
-        """Label map and class probabilities of slice z for these prompts (224-frame coordinates)."""
+    def model_prompts(self, prompts: SlicePrompts | Prompts | None) -> Prompts | None:
+        """Prompts of one slice in the model frame: SlicePrompts converted (usam.prompts), Prompts validated."""
+        return to_model_frame(prompts, self.slice_shape)
+
+    def predict(self, z: int, prompts: SlicePrompts | Prompts | None = None) -> SliceResult:
+        """Label map and class probabilities of slice z for these prompts (slice pixels, or model-frame Prompts)."""
         z = self._check_z(z)
-        if prompts is not None:
-            prompts.validate()
+        prompts = self.model_prompts(prompts)
         with self._lock:
             t0 = time.perf_counter()
             feats, missing = self.features([z])
@@ -180,7 +213,7 @@ class VolumePredictor:
                            (t2 - t1) * 1000.0, cached=not missing)
 
     def predict_volume(self, z_range: tuple[int, int] | range | None = None,
-                       prompt_fn: Callable[[int], Prompts | None] | None = None, batch_size: int = 8,
+                       prompt_fn: Callable[[int], SlicePrompts | Prompts | None] | None = None, batch_size: int = 8,
                        progress: Callable[[int, int], Any] | None = None) -> np.ndarray:
         """Label map (z, y, x) uint8 of the whole volume; slices outside z_range (start, stop) stay 0.
 
@@ -195,10 +228,7 @@ class VolumePredictor:
         out = np.zeros((n,) + self.slice_shape, dtype=np.uint8)
         for start in range(0, len(zs), batch_size):
             batch = zs[start:start + batch_size]
-            prompts = [prompt_fn(z) if prompt_fn else None for z in batch]
-            for p in prompts:
-                if p is not None:
-                    p.validate()
+            prompts = [self.model_prompts(prompt_fn(z)) if prompt_fn else None for z in batch]
             with self._lock:
                 feats, _ = self.features(batch)
                 labels, _ = self._decode(feats, prompts)

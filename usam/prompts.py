@@ -1,7 +1,10 @@
 """Prompt types (points with label and class, boxes) and automatic prompts from label maps.
 
-Coordinates are (x, y) = (column, row) pixel indices in the 224 model frame; pixel (slice) <->
-model-frame conversion happens only in slice_to_model / model_to_slice.
+Two frames, two types. `SlicePrompts` hold what callers pass: slice pixels, x = column and
+y = row, box corners the first and last pixel covered (as a user drags them). `Prompts` hold
+the 224 model frame the network reads. `SlicePrompts.to_model` is the one conversion
+(slice_to_model / model_to_slice do the arithmetic), as SamPredictor converts at its edge.
+The label-map helpers (points_from_mask, box_from_mask) give model-frame Prompts.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from usam.errors import PromptError
 
 MODEL_SIZE = 224
 CLASSES = (1, 2)  # 1 normal rectum, 2 tumor
+_FIELDS = ("points", "point_labels", "point_classes", "boxes", "box_classes")
 
 
 def _f32(a, shape_tail: tuple[int, ...]) -> np.ndarray:
@@ -24,8 +28,8 @@ def _i64(a) -> np.ndarray:
 
 
 @dataclass
-class Prompts:
-    """Prompts for one slice in the 224 frame; N points and M boxes (M = 1 union box or one per class)."""
+class _PromptArrays:
+    """N points (x, y) with label 1/0 and class 0..2, M boxes (x0, y0, x1, y1) with class; frame set by the subclass."""
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     point_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
@@ -45,10 +49,10 @@ class Prompts:
             self.box_classes = np.zeros(len(self.boxes), np.int64)
         self.validate()
 
-    @staticmethod
-    def empty() -> "Prompts":
+    @classmethod
+    def empty(cls):
         """No prompt at all (the public code's default mode)."""
-        return Prompts()
+        return cls()
 
     @property
     def is_empty(self) -> bool:
@@ -60,8 +64,8 @@ class Prompts:
         """(number of points, number of boxes): prompts with equal signatures decode as one batch."""
         return len(self.points), len(self.boxes)
 
-    def validate(self, size: int = MODEL_SIZE) -> None:
-        """Raise PromptError for inconsistent lengths, bad labels/classes or coordinates off the frame."""
+    def _check_content(self) -> None:
+        """Raise PromptError for inconsistent lengths, bad labels/classes, non-finite or inverted boxes."""
         n, m = len(self.points), len(self.boxes)
         if len(self.point_labels) != n or len(self.point_classes) != n:
             raise PromptError(f"{n} points but {len(self.point_labels)} labels / {len(self.point_classes)} classes")
@@ -72,29 +76,101 @@ class Prompts:
         if not np.isin(self.point_classes, (0,) + CLASSES).all() or not np.isin(self.box_classes, (0,) + CLASSES).all():
             raise PromptError("prompt classes must be 0 (unknown/union), 1 (normal rectum) or 2 (tumor)")
         coords = np.concatenate([self.points.reshape(-1), self.boxes.reshape(-1)])
-        if coords.size and (not np.isfinite(coords).all() or coords.min() < -0.5 or coords.max() > size - 0.5):
-            raise PromptError(f"prompt coordinates must lie inside the {size}x{size} model frame")
+        if coords.size and not np.isfinite(coords).all():
+            raise PromptError("prompt coordinates must be finite numbers")
         if m and ((self.boxes[:, 2] < self.boxes[:, 0]) | (self.boxes[:, 3] < self.boxes[:, 1])).any():
             raise PromptError("a box needs x0 <= x1 and y0 <= y1")
 
+    def validate(self) -> None:
+        """Raise PromptError for inconsistent content."""
+        self._check_content()
+
     def to_dict(self) -> dict:
         """JSON-ready dict."""
-        return {k: getattr(self, k).tolist() for k in
-                ("points", "point_labels", "point_classes", "boxes", "box_classes")}
+        return {k: getattr(self, k).tolist() for k in _FIELDS}
 
-    @staticmethod
-    def from_dict(d: dict) -> "Prompts":
+    @classmethod
+    def from_dict(cls, d: dict):
         """Inverse of to_dict."""
-        return Prompts(**{k: d.get(k, []) for k in
-                          ("points", "point_labels", "point_classes", "boxes", "box_classes")})
+        return cls(**{k: d.get(k, []) for k in _FIELDS})
 
-    def __add__(self, other: "Prompts") -> "Prompts":
-        """Points and boxes of both."""
-        return Prompts(np.concatenate([self.points, other.points]),
+    def __add__(self, other):
+        """Points and boxes of both (of the same frame)."""
+        if type(other) is not type(self):
+            raise PromptError(f"cannot add {type(other).__name__} to {type(self).__name__}: different frames")
+        return type(self)(np.concatenate([self.points, other.points]),
                        np.concatenate([self.point_labels, other.point_labels]),
                        np.concatenate([self.point_classes, other.point_classes]),
                        np.concatenate([self.boxes, other.boxes]),
                        np.concatenate([self.box_classes, other.box_classes]))
+
+
+@dataclass
+class Prompts(_PromptArrays):
+    """Prompts for one slice in the 224 model frame; N points and M boxes (M = 1 union box or one per class)."""
+
+    def validate(self, size: int = MODEL_SIZE) -> None:
+        """Raise PromptError for inconsistent lengths, bad labels/classes or coordinates off the frame."""
+        self._check_content()
+        coords = np.concatenate([self.points.reshape(-1), self.boxes.reshape(-1)])
+        if coords.size and (coords.min() < -0.5 or coords.max() > size - 0.5):
+            raise PromptError(f"prompt coordinates must lie inside the {size}x{size} model frame")
+
+
+@dataclass
+class SlicePrompts(_PromptArrays):
+    """Prompts for one slice in its own pixels: x = column, y = row (what a user clicks).
+
+    A point lies on the slice (-0.5 <= x < w, -0.5 <= y < h: pixel centres at integers, and a
+    click anywhere on the last pixel still counts). A box (x0, y0, x1, y1) runs from its first
+    to its last pixel, both included (as box_from_mask); it may be dragged past the slice's
+    edge (it is clipped) but must overlap the slice.
+    """
+
+    def validate(self, shape_hw: tuple[int, int] | None = None) -> None:
+        """Content checks; with the slice shape (h, w) also that points lie on it and boxes overlap it."""
+        self._check_content()
+        if shape_hw is None:
+            return
+        h, w = (int(v) for v in shape_hw)
+        if len(self.points):
+            x, y = self.points[:, 0], self.points[:, 1]
+            if ((x < -0.5) | (x >= w) | (y < -0.5) | (y >= h)).any():
+                raise PromptError(f"a point lies outside the {w} x {h} slice")
+        if len(self.boxes):
+            b = self.boxes
+            if ((b[:, 2] < -0.5) | (b[:, 0] >= w) | (b[:, 3] < -0.5) | (b[:, 1] >= h)).any():
+                raise PromptError(f"a box lies outside the {w} x {h} slice")
+
+    def to_model(self, shape_hw: tuple[int, int], size: int = MODEL_SIZE) -> Prompts:
+        """The same prompts in the model frame of a slice of shape (h, w): the one slice -> 224 conversion.
+
+        Pixel centres map onto pixel centres of the bilinear resize (slice_to_model); points are
+        kept inside the frame (at most half a slice pixel moves), boxes are clipped to the
+        slice's pixels and then to the frame's, as box_from_mask.
+        """
+        self.validate(shape_hw)
+        h, w = (int(v) for v in shape_hw)
+        points = np.clip(slice_to_model(self.points, (h, w), size), -0.5, size - 0.5)
+        boxes = self.boxes.copy()
+        if len(boxes):
+            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w - 1)
+            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h - 1)
+            boxes = np.clip(slice_to_model(boxes.reshape(-1, 2), (h, w), size).reshape(-1, 4), 0, size - 1)
+        return Prompts(points, self.point_labels, self.point_classes, boxes, self.box_classes)
+
+
+def to_model_frame(prompts: Prompts | SlicePrompts | None, shape_hw: tuple[int, int]) -> Prompts | None:
+    """Model-frame prompts for a slice of shape (h, w): SlicePrompts are converted, Prompts pass (validated)."""
+    if prompts is None:
+        return None
+    if isinstance(prompts, SlicePrompts):
+        return prompts.to_model(shape_hw)
+    if not isinstance(prompts, Prompts):
+        raise PromptError(f"prompts must be SlicePrompts (slice pixels) or Prompts (model frame), "
+                          f"not {type(prompts).__name__}")
+    prompts.validate()
+    return prompts
 
 
 def slice_to_model(xy, slice_shape_hw: tuple[int, int], size: int = MODEL_SIZE) -> np.ndarray:

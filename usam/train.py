@@ -281,17 +281,17 @@ def prompts_for_row(label2d: np.ndarray, row: str):
     return D.eval_prompts(label2d, row)
 
 
-@torch.no_grad()
 def predict_slices(model: nn.Module, images: torch.Tensor, prompts: list | None, device: torch.device,
                    amp: bool, batch_size: int = 16) -> np.ndarray:
-    """Argmax labels at 224 of cached slices (N, 224, 224) float16."""
+    """Argmax labels at 224 of cached slices (N, 224, 224) float16, through usam.predictor's one inference path."""
+    from usam.predictor import encode_images, predict_logits
+
     out = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].float()[:, None].expand(-1, 3, -1, -1).to(device)
         p = None if prompts is None else prompts[i:i + batch_size]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x, p)
-        out.append(logits.float().argmax(1).to(torch.uint8).cpu().numpy())
+        logits = predict_logits(model, encode_images(model, x, amp), p, amp=amp)
+        out.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out)
 
 

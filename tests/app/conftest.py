@@ -32,11 +32,12 @@ class FakePredictor:
         self._seen: set[int] = set()
 
     def predict(self, z, prompts):
-        from usam.prompts import model_to_slice
+        from usam.prompts import model_to_slice, to_model_frame
 
         t0 = time.perf_counter()
         hu = np.asarray(self.volume.array[z])
         h, w = hu.shape
+        prompts = to_model_frame(prompts, (h, w))  # slice pixels in, as the real predictor converts
         cached = z in self._seen
         if not cached:
             self._seen.add(z)

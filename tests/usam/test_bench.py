@@ -19,7 +19,7 @@ def test_cli_points_to_this_module_and_defaults():
     assert COMMANDS["bench"][0] == "usam.bench"
     a = _args()
     assert a.config == ["vit_b", "demo"] and a.device == "auto" and a.case_slices == 80
-    assert a.batch_sizes is None and not a.ablate and not a.no_naive
+    assert a.batch_sizes is None and not a.no_naive
     assert bench.CPU_BATCHES == (1, 2, 4, 8, 16) and bench.GPU_BATCHES[-1] == 64
 
 
@@ -57,8 +57,7 @@ def _fake_result(config="vit_b", decode_p95=30.0, vol=200.0):
            "best_batch": 4, "case": {"slices": 80, "size": 512, "batch": 4, "seconds": 17.0, "runs": 1},
            "peak_rss_mb": 850.0}
     r = {"config": config, "weights": "random init", "device": "cpu", "reference": ref, "optimized": opt,
-         "max_abs_logit_diff": 3e-7, "peak_rss_mb": 900.0,
-         "ablation": {"none": {"encoder_ms_p50": 100.0, "cached_decode_ms_p50": 20.0, "cached_decode_ms_p95": 30.0}}}
+         "max_abs_logit_diff": 3e-7, "peak_rss_mb": 900.0}
     r["ratios"] = bench.ratios(r)
     return r
 
@@ -74,7 +73,7 @@ def test_ratios_markdown_and_targets():
               "results": [r, _fake_result("demo")]}
     md = bench.to_markdown(report)
     assert "### vit_b" in md and "### demo" in md and "| 4 | 200.0 | 5.0 | 850.0 |" in md
-    assert "| none | 100.0 | 20.0 | 30.0 |" in md and "15.0" in md
+    assert "15.0" in md
     assert bench.target_lines(report) == ["target decode_p95_ms <= 40.0: 30.0 (met)",
                                           "target volume_ms_per_slice <= 250.0: 200.0 (met)"]
     slow = {**report, "results": [_fake_result(decode_p95=45.0, vol=300.0)]}
@@ -128,37 +127,10 @@ def test_counted_gmacs_agree_with_the_static_count():
     import torch
 
     from usam.model import build_usam, get_config
-    from usam.model.fast import optimize_for_inference
+    from usam.model.fast import FastUsam
 
     torch.manual_seed(0)
     model = build_usam(get_config("demo")).eval()
     ref = bench.counted_gmacs(model, torch.device("cpu"))
     assert ref == pytest.approx(bench.forward_gmacs("demo"), rel=0.1)
-    optimize_for_inference(model, "cpu")
-    assert 0 < bench.counted_gmacs(model, torch.device("cpu")) < ref  # the sub-pixel up blocks do fewer
-
-
-def test_ablation_interleaves_its_rounds_and_ends_all_on(monkeypatch):
-    """Every round visits every configuration once (rotated); rows for all; the model ends fully optimised."""
-    import torch
-
-    from usam.model import build_usam, get_config
-    from usam.model.fast import FastOptions
-
-    torch.manual_seed(0)
-    model = build_usam(get_config("demo")).eval()
-    visits = []
-    real = bench.optimize_for_inference
-
-    def spy(m, device, **overrides):
-        visits.append(next(iter(overrides), "none"))
-        return real(m, device, **overrides)
-    monkeypatch.setattr(bench, "optimize_for_inference", spy)
-    args = _args("--config", "demo", "--repeats", "2", "--warmup", "0", "--prompts", "4")
-    rows = bench.measure_ablation(model, args, torch.device("cpu"), bench.bench_prompts(4, 0))
-    configs = ("none",) + bench.SWITCHES
-    n = len(configs)
-    assert visits[:n] == list(configs) and visits[n:2 * n] == list(configs[1:] + configs[:1])
-    assert visits[2 * n:] == ["none"]  # back to all switches on
-    assert set(rows) == set(configs) and all(v["cached_decode_ms_p50"] > 0 for v in rows.values())
-    assert model._usam_fast == FastOptions()
+    assert 0 < bench.counted_gmacs(FastUsam(model), torch.device("cpu")) < ref  # the sub-pixel up blocks do fewer

@@ -1,6 +1,4 @@
-"""optimize_for_inference: every speed-up gives the reference logits (fp32) on the same weights."""
-import dataclasses
-
+"""FastUsam: the inference model gives the reference logits (fp32) on the same weights, and leaves the model alone."""
 import numpy as np
 import pytest
 import torch
@@ -8,16 +6,14 @@ from torch import nn
 
 from usam.errors import UsamError
 from usam.model import build_usam, get_config
-from usam.model.fast import (FastOptions, conv1x1_gemm, fold_conv_bn, hypernetworks, is_optimized,
-                             optimize_for_inference, pick_device, restore_reference, subpixel_up)
+from usam.model.fast import (BatchedHypernetworks, FastUpBlock, FastUsam, fold_conv_bn, interleave_add_relu,
+                             optimize_for_inference, pick_device)
 from usam.model.up_block import UpBlock
 from usam.prompts import Prompts
 
 # fp32 bound on max |logit difference|, relative to the logit scale: every speed-up only
-# reorders sums (folded BN, split convs, fused attention); measured differences are ~1e-7.
+# reorders sums (folded BN, split convs, sub-pixel weights); measured differences are ~1e-7.
 REL_BOUND = 1e-5
-SWITCHES = ("sdpa_vit", "sdpa_decoder", "fold_bn", "split_skips", "channels_last", "merge_lora", "subpixel_up",
-            "gemm_head", "batched_hyper", "fold_hyper", "cache_dense_pe")
 
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -44,14 +40,11 @@ def _inputs(b: int = 2):
     return x, prompts
 
 
-def _check(model, x, prompts, **options):
-    """Reference logits, then optimised logits (with these options) on the same weights."""
-    restore_reference(model)
+def _check(model, x, prompts):
+    """Reference logits, then FastUsam's logits on the same weights."""
     with torch.no_grad():
         ref = model(x, prompts)
-    optimize_for_inference(model, "cpu", **options)
-    out = model(x, prompts)
-    restore_reference(model)
+    out = FastUsam(model)(x, prompts)
     diff = (out - ref).abs().max().item()
     assert diff <= REL_BOUND * max(1.0, ref.abs().max().item()), diff
     assert ref.abs().max().item() > 1.0  # the bound is tested at a meaningful logit scale
@@ -64,25 +57,25 @@ def demo():
     return _randomise(build_usam(get_config("demo", lora_rank=4)).eval())
 
 
-@pytest.mark.parametrize("switch", SWITCHES)
-def test_each_speedup_alone_keeps_the_logits(demo, switch):
-    x, prompts = _inputs(3)
-    options = {s: s == switch for s in SWITCHES}
-    _check(demo, x, prompts, **options)
-
-
-def test_all_speedups_together_keep_the_logits(demo):
+def test_fast_model_keeps_the_logits(demo):
     x, prompts = _inputs(3)
     assert _check(demo, x, prompts) < 1e-5
 
 
+def test_one_image_keeps_the_logits(demo):
+    x, prompts = _inputs(2)
+    for i in range(2):
+        _check(demo, x[i:i + 1], prompts[i:i + 1])
+
+
 def test_real_windows_and_three_skips_keep_the_logits():
-    """A windowed block whose window (7) is smaller than the grid keeps SAM's partition path."""
+    """A windowed block whose window (7) is smaller than the grid; skips=3 leaves up1 without a skip."""
     torch.manual_seed(1)
     model = _randomise(build_usam(get_config("demo", vit_window_size=7, vit_global_attn_indexes=(1, 3),
                                              skips=3)).eval())
     x, prompts = _inputs(2)
     _check(model, x, prompts)
+    assert FastUsam(model).encode(x).skips[0] is None
 
 
 def test_vit_b_keeps_the_logits():
@@ -94,85 +87,73 @@ def test_vit_b_keeps_the_logits():
 
 def test_cached_features_decode_like_a_full_forward(demo):
     x, prompts = _inputs(2)
-    optimize_for_inference(demo, "cpu")
-    try:
-        feats = demo.encode(x)
-        both = demo.decode(feats, prompts)
-        one = demo.decode(feats.index(1), [prompts[1]])
-        assert torch.allclose(both[1:], one, atol=1e-5)
-        assert torch.allclose(both, demo(x, prompts), atol=1e-6)
-        # skips hold the up blocks' skip parts: fewer channels for f1..f3, so a smaller cache
-        assert [s.shape[1] for s in feats.skips] == [8, 8, 16, 32]
-    finally:
-        restore_reference(demo)
-    raw = demo.encode(x)
-    assert [s.shape[1] for s in raw.skips] == [8, 16, 32, 64]
+    fast = FastUsam(demo)
+    feats = fast.encode(x)
+    both = fast.decode(feats, prompts)
+    one = fast.decode(feats.index(1), [prompts[1]])
+    assert torch.allclose(both[1:], one, atol=1e-5)
+    assert torch.allclose(both, fast(x, prompts), atol=1e-6)
+    # skips hold the up blocks' skip parts: fewer channels for f1..f3, so a smaller cache
+    assert feats.skip_parts and [s.shape[1] for s in feats.skips] == [8, 8, 16, 32]
+    with torch.no_grad():
+        raw = demo.encode(x)
+    assert not raw.skip_parts and [s.shape[1] for s in raw.skips] == [8, 16, 32, 64]
     assert feats.nbytes() < raw.nbytes()
 
 
-def test_raw_features_are_refused_by_the_optimised_decoder(demo):
+def test_features_of_the_other_model_are_refused(demo):
     x, _ = _inputs(1)
+    fast = FastUsam(demo)
     with torch.no_grad():
         raw = demo.encode(x)
-    optimize_for_inference(demo, "cpu")
-    try:
-        with pytest.raises(UsamError, match="same optimised model"):
-            demo.decode(raw, None)
-    finally:
-        restore_reference(demo)
+    with pytest.raises(UsamError, match="raw skips"):
+        fast.decode(raw, None)
+    with pytest.raises(UsamError, match="skip parts"):
+        demo.decode(fast.encode(x), None)
 
 
-def test_state_dict_unchanged_and_restore_is_exact(demo):
+def test_building_leaves_the_model_and_its_state_dict_alone(demo):
     x, prompts = _inputs(2)
     before = {k: v.clone() for k, v in demo.state_dict().items()}
+    forwards = {id(m): type(m).forward for m in demo.modules()}
     with torch.no_grad():
         ref = demo(x, prompts)
-    optimize_for_inference(demo, "cpu")
-    assert is_optimized(demo)
+    fast = FastUsam(demo)
+    fast(x, prompts)
     after = demo.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
-    restore_reference(demo)
-    assert not is_optimized(demo)
-    assert all(m.__dict__.get("forward") is None for m in demo.modules())
+    assert all("forward" not in m.__dict__ and type(m).forward is forwards[id(m)] for m in demo.modules())
     with torch.no_grad():
         assert torch.equal(demo(x, prompts), ref)
+    # the derived weights are the inference model's own, never saved with the model
+    assert all(not k.startswith(("ups.", "hypernetworks.", "head.")) for k in fast.state_dict())
 
 
-def test_idempotent_and_options_can_change(demo):
-    optimize_for_inference(demo, "cpu")
-    encode = demo.encode
-    optimize_for_inference(demo, "cpu")
-    assert demo.encode is encode  # nothing wrapped twice
-    optimize_for_inference(demo, "cpu", split_skips=False)
-    assert demo._usam_fast.split_skips is False and demo.encode is not encode
-    x, _ = _inputs(1)
-    assert [s.shape[1] for s in demo.encode(x).skips] == [8, 16, 32, 64]
-    restore_reference(demo)
+def test_training_mode_is_refused():
+    torch.manual_seed(0)
+    model = build_usam(get_config("demo"))
+    with pytest.raises(UsamError, match="eval"):
+        FastUsam(model)
+    fast = FastUsam(model.eval())
+    with pytest.raises(UsamError, match="inference only"):
+        fast.train()
+    model.train()
+    with pytest.raises(UsamError, match="training mode"):
+        fast.encode(_inputs(1)[0])
+    model.eval()
 
 
-def test_folded_weights_follow_new_weights():
-    """Optimise first, load weights later: folds and merged LoRA are recomputed."""
-    torch.manual_seed(2)
-    model = build_usam(get_config("demo", lora_rank=2)).eval()
-    source = _randomise(build_usam(get_config("demo", lora_rank=2)).eval(), seed=5)
-    x, prompts = _inputs(2)
-    optimize_for_inference(model, "cpu")
-    model(x, prompts)  # builds the caches from the old weights
-    model.load_state_dict(source.state_dict())
-    with torch.no_grad():
-        ref = source(x, prompts)
-    assert (model(x, prompts) - ref).abs().max().item() <= REL_BOUND * ref.abs().max().item()
+def test_outputs_are_inference_tensors(demo):
+    out = FastUsam(demo)(_inputs(1)[0])
+    assert out.is_inference() and out.dtype == torch.float32 and out.shape == (1, 3, 224, 224)
 
 
-def test_outputs_are_inference_tensors_and_eval_mode(demo):
-    demo.train()
-    optimize_for_inference(demo, "cpu")
-    try:
-        assert not demo.training
-        out = demo(_inputs(1)[0])
-        assert out.is_inference() and out.dtype == torch.float32 and out.shape == (1, 3, 224, 224)
-    finally:
-        restore_reference(demo)
+def test_optimize_for_inference_is_the_load_site_step():
+    torch.manual_seed(0)
+    model = build_usam(get_config("demo")).train()
+    fast = optimize_for_inference(model, "cpu")
+    assert isinstance(fast, FastUsam) and fast.model is model and not model.training
+    assert optimize_for_inference(fast) is fast
 
 
 def test_fold_conv_bn_equals_conv_then_bn():
@@ -189,36 +170,6 @@ def test_fold_conv_bn_equals_conv_then_bn():
         assert torch.allclose(nn.functional.conv2d(x, w, b, padding=1), bn(conv(x)), atol=1e-5)
 
 
-def test_switches_are_the_options():
-    names = {f.name for f in dataclasses.fields(FastOptions)} - {"inference_mode", "autocast_dtype", "compile_vit"}
-    assert set(SWITCHES) == names
-    from usam import bench
-    assert set(bench.SWITCHES) == names
-
-
-@pytest.mark.parametrize("channels_last,bias,skip", [(True, True, 4), (False, True, 0), (True, False, 3)])
-def test_subpixel_up_block_equals_conv_transpose_then_conv(channels_last, bias, skip):
-    """Whole up block (odd sizes, borders included): reference forward vs the sub-pixel 2x2 conv path."""
-    torch.manual_seed(6)
-    block = _randomise_bn(UpBlock(6, skip, 5)).eval()
-    if not bias:
-        block.up.bias = None
-    x = torch.randn(2, 6, 7, 9)
-    s = torch.randn(2, skip, 14, 18) if skip else None
-    with torch.no_grad():
-        ref = block(x, s)
-    from usam.model import fast
-    block.__dict__["_usam_cl"] = channels_last
-    block.__dict__["_usam_opts"] = FastOptions(split_skips=False, channels_last=channels_last)
-    with torch.no_grad():
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = fast._upblock_forward(block, x, s)
-        direct = subpixel_up(block, x)
-    assert direct.shape == (2, 5, 14, 18)
-    assert (out - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
-
-
 def _randomise_bn(module: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -229,63 +180,46 @@ def _randomise_bn(module: nn.Module) -> nn.Module:
     return module
 
 
-def test_conv1x1_gemm_and_batched_hypernetworks():
+@pytest.mark.parametrize("bias,skip", [(True, 4), (True, 0), (False, 3)])
+def test_fast_up_block_equals_conv_transpose_then_conv(bias, skip):
+    """Whole up block (odd sizes, borders included): reference forward vs sub-pixel conv + skip part."""
+    torch.manual_seed(6)
+    block = _randomise_bn(UpBlock(6, skip, 5)).eval()
+    if not bias:
+        block.up.bias = None
+    x = torch.randn(2, 6, 7, 9)
+    s = torch.randn(2, skip, 14, 18) if skip else None
+    with torch.no_grad():
+        ref = block(x, s)
+    fast = FastUpBlock(block, (14, 18))
+    with torch.no_grad():
+        out = fast(x, fast.skip_part(s))
+    assert out.shape == (2, 5, 14, 18) and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
+    with pytest.raises(UsamError, match="built for"):
+        fast(torch.randn(1, 6, 5, 5), None)
+
+
+def test_batched_hypernetworks():
     from segment_anything.modeling.mask_decoder import MLP
 
     torch.manual_seed(5)
-    conv = nn.Conv2d(8, 3, kernel_size=1, bias=False)
-    x = torch.randn(2, 8, 10, 11).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert (conv1x1_gemm(conv, x) - conv(x)).abs().max().item() < 1e-6
         mlps = nn.ModuleList([MLP(16, 16, 4, 3) for _ in range(5)])
         tokens = torch.randn(3, 5, 16)
         ref = torch.stack([mlp(tokens[:, i]) for i, mlp in enumerate(mlps)], dim=1)
-        assert (hypernetworks(mlps, tokens) - ref).abs().max().item() < 1e-6
+        assert (BatchedHypernetworks(mlps)(tokens) - ref).abs().max().item() < 1e-6
 
 
-def test_device_selection_and_gpu_defaults():
+def test_device_selection():
     assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert pick_device("auto") == pick_device(None)
     assert pick_device("cpu") == torch.device("cpu")
-    cpu, gpu = FastOptions.for_device("cpu"), FastOptions.for_device("cuda")
-    assert cpu.autocast_dtype is None and not cpu.compile_vit  # fp32 on CPU: same numbers
-    assert gpu.autocast_dtype == "bfloat16" and gpu.channels_last
-    assert dataclasses.replace(gpu, autocast_dtype=None) != gpu
     if not torch.cuda.is_available():
         with pytest.raises(UsamError, match="CUDA is not available"):
             pick_device("cuda")
         with pytest.raises(UsamError):
             optimize_for_inference(build_usam(get_config("demo")), "cuda:0")
-
-
-def test_autocast_is_ignored_on_cpu(demo):
-    """A bf16 request on CPU keeps fp32 (autocast is GPU only): identical to plain fp32."""
-    x, prompts = _inputs(1)
-    optimize_for_inference(demo, "cpu")
-    a = demo(x, prompts)
-    optimize_for_inference(demo, "cpu", autocast_dtype="bfloat16", compile_vit=True)
-    b = demo(x, prompts)
-    restore_reference(demo)
-    assert b.dtype == torch.float32 and torch.equal(a, b)
-    assert np.isfinite(a.numpy()).all()
-
-
-def test_one_image_folds_the_mask_product_into_up1(demo, monkeypatch):
-    """B=1 decodes take the folded path (conv(x, K H)); its logits are the reference's."""
-    from usam.model import fast
-
-    seen = []
-    real = fast._subpixel_phases
-    monkeypatch.setattr(fast, "_subpixel_phases", lambda block, x, weights=None: seen.append(weights is not None)
-                        or real(block, x, weights))
-    x, prompts = _inputs(2)
-    for i in range(2):
-        seen.clear()
-        _check(demo, x[i:i + 1], prompts[i:i + 1])
-        assert seen.count(True) == 1  # up1 only; up4..up2 use their own weights
-    seen.clear()
-    _check(demo, x[:1], prompts[:1], fold_hyper=False)
-    assert True not in seen
 
 
 @pytest.mark.parametrize("split_pixels", [0, 10 ** 9])
@@ -306,38 +240,8 @@ def test_interleave_add_relu_both_loops(monkeypatch, split_pixels, batch_part, f
     for a in (0, 1):
         for c in (0, 1):
             ref[:, :, a::2, c::2] = o[:, a:a + 5, c:c + 7, a, c, :].permute(0, 3, 1, 2)
-    assert torch.equal(fast._interleave_add_relu(o, None), ref)
-    out = fast._interleave_add_relu(o, part, fused=fused)
+    assert torch.equal(interleave_add_relu(o, None), ref)
+    out = interleave_add_relu(o, part, fused=fused)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, torch.relu(ref + part), atol=1e-6)
-
-
-def test_dense_pe_is_cached_and_follows_its_buffer():
-    torch.manual_seed(0)
-    model = build_usam(get_config("demo")).eval()
-    pe = model.sam.prompt_encoder
-    ref = pe.get_dense_pe()
-    optimize_for_inference(model, "cpu")
-    assert torch.equal(pe.get_dense_pe(), ref) and pe.get_dense_pe() is pe.get_dense_pe()
-    with torch.no_grad():
-        pe.pe_layer.positional_encoding_gaussian_matrix.mul_(2.0)
-    assert not torch.equal(pe.get_dense_pe(), ref)  # recomputed after an in-place change
-    restore_reference(model)
-    assert "get_dense_pe" not in pe.__dict__
-
-
-def test_training_mode_after_optimising_runs_the_reference_path():
-    """model.train() on an optimised model: raw skips, reference up blocks, the reference's train-mode logits."""
-    torch.manual_seed(0)
-    model = _randomise(build_usam(get_config("demo")))
-    x, prompts = _inputs(2)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train()
-    with torch.no_grad():
-        ref = model(x, prompts)
-    model.load_state_dict(state)  # the reference pass moved the BatchNorm running statistics
-    optimize_for_inference(model, "cpu")
-    model.train()
-    out = model(x, prompts)
-    restore_reference(model)
-    assert (out - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
+    assert np.isfinite(out.numpy()).all()

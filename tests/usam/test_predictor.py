@@ -1,16 +1,16 @@
-"""VolumePredictor: one encoder run per slice, cache bounds, results at slice resolution."""
+"""VolumePredictor and the one inference path: one encoder run per slice, cache bounds, slice-pixel prompts."""
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import torch
 
-from usam.errors import PromptError
+from usam.errors import PromptError, UsamError
 from usam.model import build_usam, get_config
-from usam.model.fast import is_optimized, optimize_for_inference, restore_reference
-from usam.predictor import FeatureCache, VolumePredictor
+from usam.model.fast import FastUsam
+from usam.predictor import FeatureCache, VolumePredictor, encode_images, predict_logits
 from usam.preprocess import logits_to_labels, preprocess_slices
-from usam.prompts import Prompts, points_from_mask
+from usam.prompts import Prompts, SlicePrompts, points_from_mask
 
 
 @dataclass
@@ -27,13 +27,13 @@ def _demo():
 
 
 @pytest.fixture(scope="module")
-def model():  # the predictors optimise it in place (fast path, the default)
+def reference():  # the model as loaded
     return _demo()
 
 
 @pytest.fixture(scope="module")
-def reference():  # same weights, never optimised
-    return _demo()
+def model(reference):  # its inference model, built once (as the app and the CLIs do)
+    return FastUsam(reference)
 
 
 @pytest.fixture
@@ -65,14 +65,58 @@ def test_encoder_runs_once_per_slice_however_many_prompts(model, volume):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_predict_equals_direct_reference_model_call(model, reference, volume, fast):
-    pred = VolumePredictor(model if fast else reference, volume, META, device="cpu", fast=fast, prompt_rules="none")
-    assert is_optimized(pred.model) == fast
+    pred = VolumePredictor(model if fast else reference, volume, META, device="cpu", prompt_rules="none")
     p = Prompts(points=[[60, 70]], point_labels=[1], point_classes=[2])
     r = pred.predict(1, p)
     with torch.inference_mode():
         logits = reference(preprocess_slices(volume.array[1], (-150, 250)), [p])
     labels, probs = logits_to_labels(logits, (96, 80))
     np.testing.assert_allclose(r.probs, probs[0], atol=1e-5)
+
+
+def test_slice_pixel_prompts_are_converted_by_the_predictor(model, volume):
+    """A click at slice pixel (x, y) equals the model-frame prompt of its pixel centre; box corners too."""
+    pred = VolumePredictor(model, volume, META, device="cpu", prompt_rules="none")
+    h, w = 96, 80
+    click = pred.predict(2, SlicePrompts(points=[[20, 30]], point_labels=[1], point_classes=[2]))
+    frame = Prompts(points=[[(20 + 0.5) * 224 / w - 0.5, (30 + 0.5) * 224 / h - 0.5]], point_labels=[1],
+                    point_classes=[2])
+    np.testing.assert_array_equal(click.probs, pred.predict(2, frame).probs)
+    # a box from the first to the last pixel of the slice: on the frame's edge, no error
+    whole = pred.predict(2, SlicePrompts(boxes=[[0, 0, w - 1, h - 1]], box_classes=[0]))
+    assert whole.labels.shape == (h, w)
+    with pytest.raises(PromptError, match="outside the 80 x 96 slice"):
+        pred.predict(2, SlicePrompts(points=[[80, 10]], point_labels=[1]))
+
+
+def test_the_predictor_leaves_the_model_alone(reference, volume):
+    """Constructing and running predictors changes neither the model's mode, device, forwards nor weights."""
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    pred = VolumePredictor(reference, volume, META)
+    pred.predict(0, None)
+    assert pred.model is reference and pred.device == torch.device("cpu") and not reference.training
+    assert all("forward" not in m.__dict__ for m in reference.modules())
+    assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())
+    training = _demo().train()
+    with pytest.raises(UsamError, match="training mode"):
+        VolumePredictor(training, volume, META)
+    assert training.training
+    with pytest.raises(UsamError, match="is on cpu"):
+        VolumePredictor(reference, volume, META, device="meta")
+    with pytest.raises(UsamError, match="Usam or FastUsam"):
+        VolumePredictor(object(), volume, META)
+
+
+def test_one_inference_path_for_every_caller(model, reference):
+    """encode_images + predict_logits: float32 logits, the reference's on both models, rules only when asked."""
+    x = preprocess_slices(np.random.default_rng(1).normal(0, 100, (2, 40, 40)).astype(np.float32), (-150, 250))
+    box = Prompts(boxes=[[60, 60, 150, 150]], box_classes=[0])
+    ref = predict_logits(reference, encode_images(reference, x), [box, None])
+    fast = predict_logits(model, encode_images(model, x), [box, None])
+    assert ref.dtype == torch.float32 and ref.shape == (2, 3, 224, 224)
+    assert (fast - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
+    ruled = predict_logits(model, encode_images(model, x), [box, None], rules="box")
+    assert torch.equal(ruled[1], fast[1]) and not torch.equal(ruled[0], fast[0])
 
 
 def test_prompt_rules_confine_the_output_to_the_box_and_the_clicked_class(model, volume):
@@ -91,28 +135,16 @@ def test_prompt_rules_confine_the_output_to_the_box_and_the_clicked_class(model,
         VolumePredictor(model, volume, META, device="cpu", prompt_rules="boxes")
 
 
-def test_fast_path_is_the_default_and_shared_models_are_optimised_once(volume):
-    shared = _demo()
-    a = VolumePredictor(shared, volume, META, device="cpu")
-    assert is_optimized(shared) and a.model is shared
-    encode = shared.encode
-    b = VolumePredictor(shared, volume, META, device="cpu")
-    assert shared.encode is encode  # not re-bound: features cached by `a` stay valid
+def test_predictors_share_one_inference_model(model, volume):
+    a = VolumePredictor(model, volume, META, device="cpu")
+    b = VolumePredictor(model, volume, META, device="cpu")
+    assert a.model is b.model is model
     np.testing.assert_array_equal(a.predict(0, None).labels, b.predict(0, None).labels)
-    # options chosen by the caller are kept
-    optimize_for_inference(shared, "cpu", channels_last=False)
-    VolumePredictor(shared, volume, META, device="cpu")
-    assert shared._usam_fast.channels_last is False
-    # fast=False leaves an already optimised model alone (its features would not fit the reference)
-    VolumePredictor(shared, volume, META, device="cpu", fast=False)
-    assert is_optimized(shared)
-    restore_reference(shared)
 
 
 def test_fast_and_reference_volumes_agree(model, reference, volume):
     fast = VolumePredictor(model, volume, META, device="cpu").predict_volume(batch_size=3)
-    ref = VolumePredictor(reference, volume, META, device="cpu", fast=False).predict_volume(batch_size=3)
-    assert not is_optimized(reference)
+    ref = VolumePredictor(reference, volume, META, device="cpu").predict_volume(batch_size=3)
     assert (fast != ref).mean() < 1e-3  # argmax ties aside, the same labels
 
 
@@ -144,7 +176,7 @@ def test_cache_is_bounded_in_bytes(model, reference, volume, fast):
     else:  # raw skips f0..f3
         per_slice = 4 * (8 * 224**2 + 16 * 112**2 + 32 * 56**2 + 64 * 28**2 + 128 * 14**2)
     model = model if fast else reference
-    pred = VolumePredictor(model, volume, META, device="cpu", cache_bytes=2 * per_slice + 10, fast=fast)
+    pred = VolumePredictor(model, volume, META, device="cpu", cache_bytes=2 * per_slice + 10)
     for z in (0, 1, 2):
         pred.predict(z, None)
     assert len(pred.cache) == 2 and pred.cache.nbytes == 2 * per_slice
@@ -153,7 +185,7 @@ def test_cache_is_bounded_in_bytes(model, reference, volume, fast):
     assert pred.encoder_calls == 3
     pred.predict(0, None)  # evicts 2, the least recently used
     assert pred.encoder_calls == 4 and 2 not in pred.cache and 1 in pred.cache
-    tiny = VolumePredictor(model, volume, META, device="cpu", cache_bytes=10, fast=fast)
+    tiny = VolumePredictor(model, volume, META, device="cpu", cache_bytes=10)
     assert tiny.predict(0, None).labels.shape == (96, 80) and len(tiny.cache) == 0
 
 

@@ -87,3 +87,57 @@ def test_prompts_validation_and_dict_round_trip():
         Prompts(points=[[3, 2]], point_labels=[1], point_classes=[5])
     with pytest.raises(PromptError):
         Prompts(boxes=[[10, 10, 5, 5]])
+
+
+def test_slice_prompts_convert_once_to_the_model_frame():
+    from usam.prompts import SlicePrompts, to_model_frame
+
+    h, w = 96, 80
+    p = SlicePrompts(points=[[20, 30], [79.9, 95.9]], point_labels=[1, 0], point_classes=[2, 0],
+                     boxes=[[5, 6, 40, 50]], box_classes=[1])
+    m = p.to_model((h, w))
+    assert isinstance(m, Prompts) and m.signature == (2, 1)
+    np.testing.assert_allclose(m.points[0], slice_to_model([[20, 30]], (h, w))[0], atol=1e-5)
+    assert m.points.max() <= 223.5  # a click on the far half of the last pixel stays in the frame
+    np.testing.assert_allclose(m.boxes[0], slice_to_model([[5, 6], [40, 50]], (h, w)).reshape(4), atol=1e-5)
+    assert list(m.point_labels) == [1, 0] and list(m.point_classes) == [2, 0] and list(m.box_classes) == [1]
+    assert to_model_frame(None, (h, w)) is None and to_model_frame(m, (h, w)) is m
+    with pytest.raises(PromptError, match="SlicePrompts"):
+        to_model_frame({"points": [[1, 2]]}, (h, w))
+    with pytest.raises(PromptError, match="different frames"):
+        p + m
+
+
+def test_a_box_on_the_last_pixel_column_and_row_is_accepted_and_clipped():
+    """The reported failure: a box corner on the slice's last pixel (or dragged past it) is inside the frame."""
+    from usam.prompts import SlicePrompts
+
+    for h, w in ((512, 512), (96, 80), (100, 333)):
+        edge = SlicePrompts(boxes=[[0, 0, w - 1, h - 1]]).to_model((h, w))
+        assert edge.boxes.min() >= 0 and edge.boxes.max() <= 223
+        past = SlicePrompts(boxes=[[-10, -3, w + 5, h + 20]]).to_model((h, w))
+        np.testing.assert_allclose(past.boxes, edge.boxes)
+    # the app's and the study's boxes meet here: the same corners give the same model-frame box
+    np.testing.assert_allclose(SlicePrompts(boxes=[[10, 20, 30, 40]]).to_model((64, 64)).boxes,
+                               box_from_mask(_box_mask(64, 10, 20, 30, 40), margin=0).boxes, atol=1e-5)
+
+
+def _box_mask(n, x0, y0, x1, y1):
+    lab = np.zeros((n, n), np.uint8)
+    lab[y0:y1 + 1, x0:x1 + 1] = 1
+    return lab
+
+
+def test_slice_prompts_off_the_slice_are_refused():
+    from usam.prompts import SlicePrompts
+
+    with pytest.raises(PromptError, match="outside the 80 x 96 slice"):
+        SlicePrompts(points=[[80, 3]], point_labels=[1]).to_model((96, 80))
+    with pytest.raises(PromptError, match="outside the 80 x 96 slice"):
+        SlicePrompts(points=[[3, -1]], point_labels=[1]).to_model((96, 80))
+    with pytest.raises(PromptError, match="box lies outside"):
+        SlicePrompts(boxes=[[90, 10, 120, 20]]).to_model((96, 80))
+    with pytest.raises(PromptError, match="finite"):
+        SlicePrompts(points=[[np.nan, 3]], point_labels=[1])
+    with pytest.raises(PromptError, match="x0 <= x1"):
+        SlicePrompts(boxes=[[10, 10, 5, 5]])

@@ -1,6 +1,8 @@
 """U-SAM's mask decoder: SAM two-way transformer + mask tokens + U-Net up blocks with skips."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from segment_anything.modeling import TwoWayTransformer
 from segment_anything.modeling.mask_decoder import MLP
@@ -51,10 +53,26 @@ class UsamMaskDecoder(nn.Module):
         self.up1 = UpBlock(num_mask_tokens, s0, c1)
         self.run_dead_heads = False
 
-    def tokens_and_upscaled(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                            dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...]
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two-way transformer then up4..up2: (output tokens (B, 1+M+N, C), upscaled embedding (B, c2, 112, 112))."""
+    # up block k consumes skip f_k (None where unused): the decoder's skip wiring, written here only
+    UP_BLOCKS = ("up1", "up2", "up3", "up4")
+
+    def up_blocks(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """up1..up4 in skip order (up_k reads f_{k-1})."""
+        return tuple(getattr(self, name) for name in self.UP_BLOCKS)
+
+    def hypernetworks(self, mask_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, M, C) mask tokens -> (B, M, c2): one MLP per token."""
+        return torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+
+    def run(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+            skips: tuple[torch.Tensor | None, ...], ups: tuple[Callable, ...], hypernetworks: Callable,
+            head: Callable) -> torch.Tensor:
+        """The decoder's data flow, written once: two-way transformer, up4..up2, mask tokens x maps, up1, head.
+
+        `ups[k](x, skips[k])`, `hypernetworks(tokens)` and `head(x)` are this module's own parts
+        (forward) or an inference decoder's derived ones (usam.model.fast), whose `skips` then
+        hold its precomputed prompt-free parts.
+        """
         b = image_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
@@ -63,21 +81,25 @@ class UsamMaskDecoder(nn.Module):
         _, c, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)
         x = src.transpose(1, 2).reshape(b, c, h, w)
-        _, f1, f2, f3 = skips
-        return hs, self.up2(self.up3(self.up4(x, f3), f2), f1)
+        for k in (3, 2, 1):
+            x = ups[k](x, skips[k])
+        masks = mask_product(hypernetworks(hs[:, 1:1 + self.num_mask_tokens, :]), x)
+        if self.run_dead_heads:
+            self.lowres_output(masks)
+            self.iou_prediction_head(hs[:, 0, :])
+        return head(ups[0](masks, skips[0]))
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
         """One prompt set per image: embeddings (B, C, h, w), sparse (B, N, C) -> logits (B, K, 224, 224)."""
-        b = image_embeddings.shape[0]
-        hs, x = self.tokens_and_upscaled(image_embeddings, image_pe, sparse, dense, skips)
-        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
-        f0 = skips[0]
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        _, ce, he, we = x.shape
-        masks = (hyper_in @ x.reshape(b, ce, he * we)).reshape(b, self.num_mask_tokens, he, we)
-        if self.run_dead_heads:
-            self.lowres_output(masks)
-            self.iou_prediction_head(hs[:, 0, :])
-        return self.final_output(self.up1(masks, f0))
+        return self.run(image_embeddings, image_pe, sparse, dense, skips, self.up_blocks(), self.hypernetworks,
+                        self.final_output)
+
+
+def mask_product(hyper_in: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, M, C) hypernetwork outputs times (B, C, H, W) maps -> (B, M, H, W) masks; NHWC maps stay NHWC (no copy)."""
+    b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        masks = x.permute(0, 2, 3, 1).reshape(b, h * w, c) @ hyper_in.transpose(1, 2)
+        return masks.view(b, h, w, -1).permute(0, 3, 1, 2)
+    return (hyper_in @ x.reshape(b, c, h * w)).reshape(b, -1, h, w)

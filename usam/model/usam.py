@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from usam.errors import PromptError
+from usam.errors import PromptError, UsamError
 from usam.model.adapter import DownsamplingAdapter
 from usam.model.config import UsamConfig
 from usam.model.features import ImageFeatures
@@ -87,13 +88,21 @@ class Usam(nn.Module):
             out["box_classes"] = torch.as_tensor(np.stack([p.box_classes for p in items]), dtype=torch.long, device=device)
         return out
 
-    def decode(self, features: ImageFeatures, prompts: list[Prompts | None] | None = None) -> torch.Tensor:
+    def decode(self, features: ImageFeatures, prompts: list[Prompts | None] | None = None,
+               mask_decoder: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """Features + one Prompts (or None) per image -> logits (B, num_classes, 224, 224).
 
         Items whose prompts have the same (points, boxes) counts are decoded as one batch;
         different counts are decoded group by group, which gives exactly the logits of decoding
-        each item alone (padding with "not a point" tokens would change them).
+        each item alone (padding with "not a point" tokens would change them). `mask_decoder`
+        replaces sam.mask_decoder (same call signature): the inference decoder of
+        usam.model.fast passes itself, so prompts reach both decoders through this one method.
         """
+        if mask_decoder is None:
+            mask_decoder = self.sam.mask_decoder
+            if features.skip_parts:
+                raise UsamError("these features hold an inference model's skip parts: decode them with the "
+                                  "model that encoded them (usam.model.fast.FastUsam)")
         b = len(features)
         if prompts is None:
             prompts = [None] * b
@@ -112,7 +121,7 @@ class Usam(nn.Module):
             t = self._prompt_tensors([prompts[i] for i in idx], device)
             sparse, dense = pe.encode(len(idx), **t)
             sparse = sparse.to(feats.embedding.dtype)
-            outs.append(self.sam.mask_decoder(feats.embedding, image_pe, sparse, dense, feats.skips))
+            outs.append(mask_decoder(feats.embedding, image_pe, sparse, dense, feats.skips))
             order += idx
         if len(outs) == 1:
             return outs[0]
