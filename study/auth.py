@@ -1,24 +1,49 @@
-"""Passwords (argon2id), login rate limits and expiring session tokens (only their hash stored)."""
+"""Passwords (argon2id), login checks with equal timing, expiring session tokens (only their
+hash stored) bound to the secret of the browser that logged in."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
+from typing import Iterator
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from study.errors import AuthError, InvalidInput, RateLimited
-from study.models import AuthSession, Clinician, LoginAttempt, utcnow
+from study.errors import AuthError, InvalidInput
+from study.logins import normalize_login
+from study.models import AuthSession, Clinician, utcnow
+from study.passwords import MAX_PASSWORD, MIN_PASSWORD
 
 _HASHER = PasswordHasher()
 SESSION_TTL = timedelta(hours=float(os.environ.get("USAM_STUDY_SESSION_HOURS", "12")))
-MAX_FAILURES = 5                 # failed logins allowed per window, per login and per address
-FAILURE_WINDOW = timedelta(minutes=15)
-MIN_PASSWORD = 8
+_DUMMY: dict[tuple, str] = {}       # hasher parameters -> hash of a random password
+
+# The secret of the browser making the current call (the app's HttpOnly cookie), set by the
+# study tab around every handler: None outside the app (library, CLI, simulator), "" for an
+# app call whose browser sent no secret.
+_BROWSER: ContextVar[str | None] = ContextVar("usam_study_browser", default=None)
+
+
+@contextmanager
+def browser(secret: str | None) -> Iterator[None]:
+    """Run the enclosed study calls on behalf of the browser holding `secret` ("" / None: none sent)."""
+    tok = _BROWSER.set(secret if isinstance(secret, str) else "")
+    try:
+        yield
+    finally:
+        _BROWSER.reset(tok)
+
+
+def current_browser() -> str | None:
+    """The calling browser's secret ("" when it sent none), None outside the app."""
+    return _BROWSER.get()
 
 
 def as_utc(t: datetime) -> datetime:
@@ -30,7 +55,7 @@ def hash_password(password: str) -> str:
     """argon2id hash of a password that meets the minimum length."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
         raise InvalidInput(f"Passwords need at least {MIN_PASSWORD} characters.")
-    if len(password) > 1024:
+    if len(password) > MAX_PASSWORD:
         raise InvalidInput("Password too long.")
     return _HASHER.hash(password)
 
@@ -48,42 +73,54 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def check_rate_limit(s: Session, login: str, address: str, now: datetime | None = None) -> None:
-    """Raise RateLimited after MAX_FAILURES failed logins in FAILURE_WINDOW for the login or address."""
-    now = now or utcnow()
-    since = now - FAILURE_WINDOW
-    by_login = s.scalar(select(func.count()).select_from(LoginAttempt).where(
-        LoginAttempt.login == login, LoginAttempt.success.is_(False), LoginAttempt.t >= since))
-    by_addr = 0
-    if address:
-        by_addr = s.scalar(select(func.count()).select_from(LoginAttempt).where(
-            LoginAttempt.address == address, LoginAttempt.success.is_(False), LoginAttempt.t >= since))
-    if by_login >= MAX_FAILURES or by_addr >= MAX_FAILURES:
-        raise RateLimited("Too many failed logins; try again in 15 minutes.")
+def _dummy_hash() -> str:
+    """A hash made with the current hasher's parameters, verified for unknown logins."""
+    key = (_HASHER.time_cost, _HASHER.memory_cost, _HASHER.parallelism, _HASHER.hash_len)
+    if key not in _DUMMY:
+        _DUMMY[key] = _HASHER.hash(secrets.token_urlsafe(16))
+    return _DUMMY[key]
 
 
-def authenticate(s: Session, login: str, password: str, address: str = "",
-                 now: datetime | None = None) -> Clinician | None:
-    """Check the rate limit and the password and record the attempt; the clinician or None.
+def find_login(s: Session, login: str) -> Clinician | None:
+    """The account of a login as typed (canonical form; accounts older than it by their old form)."""
+    canon = normalize_login(login)
+    user = s.scalar(select(Clinician).where(Clinician.login == canon)) if canon else None
+    legacy = (login or "").strip().lower() if isinstance(login, str) else ""
+    if user is None and legacy and legacy != canon:
+        user = s.scalar(select(Clinician).where(Clinician.login == legacy))
+    return user
 
-    Returns None instead of raising so that the caller can commit the failed attempt (which
-    the rate limit counts) before reporting the error."""
-    login = (login or "").strip().lower()
-    address = (address or "")[:64]
-    check_rate_limit(s, login, address, now)
-    user = s.scalar(select(Clinician).where(Clinician.login == login))
-    ok = user is not None and verify_password(user.password_hash, password or "")
-    s.add(LoginAttempt(login=login[:64], address=address, success=ok, t=now or utcnow()))
-    return user if ok else None
+
+def check_credentials(s: Session, login: str, password: str) -> Clinician | None:
+    """The clinician when the password is right, else None; an unknown login costs one argon2
+    verification too (against a dummy hash), so the answer time does not tell which logins exist."""
+    user = find_login(s, login)
+    pw = password if isinstance(password, str) else ""
+    if user is None:
+        verify_password(_dummy_hash(), pw)
+        return None
+    return user if verify_password(user.password_hash, pw) else None
 
 
 def open_session(s: Session, user: Clinician, now: datetime | None = None) -> str:
     """Create an expiring session and return its token (shown once, stored hashed)."""
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
+    b = _BROWSER.get()
     s.add(AuthSession(token_hash=token_digest(token), clinician_id=user.id, created_at=now,
-                      expires_at=now + SESSION_TTL, last_seen=now))
+                      expires_at=now + SESSION_TTL, last_seen=now, browser_hash=token_digest(b) if b else None))
     return token
+
+
+def _check_browser(row: AuthSession) -> None:
+    """AuthError unless the calling browser is the one the session was opened in."""
+    b = _BROWSER.get()
+    if row.browser_hash is None:
+        if b is not None:                # a session opened outside the app is not usable through it
+            raise AuthError("Please log in.")
+        return
+    if not b or not hmac.compare_digest(row.browser_hash, token_digest(b)):
+        raise AuthError("Please log in.")
 
 
 def resolve_token(s: Session, token: str | None, now: datetime | None = None) -> Clinician:
@@ -94,6 +131,7 @@ def resolve_token(s: Session, token: str | None, now: datetime | None = None) ->
     row = s.scalar(select(AuthSession).where(AuthSession.token_hash == token_digest(token)))
     if row is None or row.revoked:
         raise AuthError("Please log in.")
+    _check_browser(row)
     if as_utc(row.expires_at) <= now:
         raise AuthError("Your session expired; please log in again.")
     user = s.get(Clinician, row.clinician_id)
@@ -105,7 +143,10 @@ def resolve_token(s: Session, token: str | None, now: datetime | None = None) ->
 
 
 def revoke(s: Session, token: str) -> None:
-    """Log out: the token stops working at once."""
+    """Log out: the token stops working at once (AuthError from a browser it is not bound to)."""
+    if not isinstance(token, str) or len(token) > 256:
+        return
     row = s.scalar(select(AuthSession).where(AuthSession.token_hash == token_digest(token or "")))
-    if row is not None:
+    if row is not None and not row.revoked:
+        _check_browser(row)
         row.revoked = True

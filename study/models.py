@@ -61,6 +61,9 @@ class AuthSession(Base):
     expires_at: Mapped[datetime] = mapped_column(TS)
     last_seen: Mapped[datetime] = mapped_column(TS, default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # sha256 of the secret of the browser that logged in (an HttpOnly cookie): the token works
+    # only together with it (None: a session opened through the library, e.g. the simulator)
+    browser_hash: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
 
 
 class LoginAttempt(Base):
@@ -70,6 +73,18 @@ class LoginAttempt(Base):
     address: Mapped[str] = mapped_column(String(64), default="", index=True)
     success: Mapped[bool] = mapped_column(Boolean, default=False)
     t: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
+
+
+class LoginThrottle(Base):
+    """Failed-login counter of one key: "p:<login>|<address>" (back-off) or "a:<address>" (window)."""
+    __tablename__ = "login_throttle"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    next_allowed: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    last_t: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=0)           # compare-and-set
 
 
 class Case(Base):

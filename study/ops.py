@@ -13,7 +13,9 @@ from study import assignment as asg
 from study.auth import hash_password
 from study.cases import CaseSpec, case_record, read_specs
 from study.errors import Conflict, InvalidInput, NotFound
+from study.logins import check_login, clashing_login
 from study.models import Assignment, AuditLog, Case, Clinician, Study, Submission
+from study.passwords import check_password
 
 CLINICIAN_ARMS = ("manual", "usam_p", "usam_b", "ai_edit")
 MODEL_ARMS = ("usam", "usam_p", "usam_b")
@@ -160,9 +162,8 @@ def add_clinician(s: Session, login: str, password: str, role: str = "reader", n
                   group: int | None = None, years: float | None = None, specialty: str = "",
                   study: Study | None = None, simulated: bool = False) -> Clinician:
     """Insert a clinician (argon2 hash) and, for a reader with a group, claim a slot."""
-    login = (login or "").strip().lower()
-    if not 2 <= len(login) <= 64 or not all(ch.isalnum() or ch in "._-@" for ch in login):
-        raise InvalidInput("Logins are 2-64 letters, digits or . _ - @.")
+    login = check_login(login)               # canonical (NFKC + casefold), one alphabet
+    check_password(password, login)           # long enough, not blank, not a common password
     if role not in ("reader", "admin"):
         raise InvalidInput("Role is reader or admin.")
     if group is not None and group not in (1, 2, 3):
@@ -171,6 +172,9 @@ def add_clinician(s: Session, login: str, password: str, role: str = "reader", n
         raise InvalidInput("Years of experience must be between 0 and 80.")
     if s.scalar(select(Clinician).where(Clinician.login == login)):
         raise Conflict(f"The login {login!r} is taken.")
+    clash = clashing_login(login, list(s.scalars(select(Clinician.login))))
+    if clash is not None:
+        raise Conflict("This login looks like an existing one; choose a clearly different login.")
     user = Clinician(login=login, password_hash=hash_password(password), role=role, name=str(name)[:200],
                      group=group, years_experience=None if years is None else float(years),
                      specialty=str(specialty)[:200], study_id=study.id if study else None, simulated=simulated)

@@ -17,12 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from study import ops
-from study.auth import as_utc, authenticate, open_session, resolve_token, revoke
+from study import throttle
+from study.auth import as_utc, check_credentials, current_browser, open_session, resolve_token, revoke
 from study.cases import CACHE, CaseCache
 from study.db import Database, get_database
-from study.errors import AuthError, Conflict, InvalidInput, NotFound, PermissionDenied
-from study.models import (ActivityEvent, AnnotationSession, Assignment, Case, Clinician, ModelOutput,
-                          PromptEvent, SliceMask, Study, Submission, utcnow)
+from study.errors import AuthError, Conflict, InvalidInput, NotFound, PermissionDenied, RateLimited
+from study.logins import normalize_login
+from study.models import (ActivityEvent, AnnotationSession, Assignment, Case, Clinician, LoginAttempt,
+                          ModelOutput, PromptEvent, SliceMask, Study, Submission, utcnow)
 from study.masks import INTERPOLATED as INTERP
 from study.scoring import check_labels, decode_mask, encode_mask, score_case
 from study.timing import Event, compute_times, prompt_time
@@ -89,7 +91,7 @@ class StudyService:
         with self.db.session() as s:
             study = s.scalar(select(Study).where(Study.code == (study_code or "").strip()))
         if study is None:
-            self._failed_attempt("register:" + str(login)[:50], address)
+            self._failed_attempt("register:" + normalize_login(login)[:50], address)
             raise AuthError("Unknown study code.")
         group = None if group in (None, "", 0) else _as_int(group, "group")
         try:
@@ -98,25 +100,50 @@ class StudyService:
                 user = ops.add_clinician(s, login, password, "reader", name, group, years, specialty, study)
                 return {"id": user.id, "login": user.login, "group": user.group}
         except IntegrityError:   # the same login registered at the same moment by someone else
-            raise Conflict(f"The login {str(login).strip().lower()[:64]!r} is taken.") from None
+            raise Conflict(f"The login {normalize_login(login)[:64]!r} is taken.") from None
 
     def _failed_attempt(self, login: str, address: str) -> None:
-        from study.auth import check_rate_limit
-        from study.models import LoginAttempt
+        """Charge a failure that needs no password check (an unknown study code) to the throttle."""
+        refusal = self._reserve(login, address)
+        if refusal is not None:
+            raise RateLimited(refusal.message())
 
-        with self.db.session() as s:
-            check_rate_limit(s, login, address)
-            s.add(LoginAttempt(login=login[:64], address=(address or "")[:64], success=False))
+    def _reserve(self, login: str, address: str):
+        """Charge one attempt before the password is checked (committed at once, so parallel
+        guesses see it); a throttle.Refusal, written to the audit log, when it must wait."""
+        address = (address or "")[:64]
+        for _ in range(8):
+            try:
+                with self.db.session() as s:
+                    refusal = throttle.reserve(s, login, address)
+                    if refusal is not None:
+                        ops.audit(s, None, "login_throttled", login[:128], address=address, scope=refusal.scope,
+                                  wait_s=round(refusal.wait_s, 1))
+                    return refusal
+            except throttle.Raced:
+                continue
+        return throttle.Refusal("login", 1.0)      # kept losing races: a flood of parallel guesses
 
     def login(self, login: str, password: str, address: str = "") -> str:
-        """Token for a correct login/password (rate-limited per login and per address)."""
-        if not isinstance(login, str) or not isinstance(password, str):
+        """Token for a correct login/password. Throttled per (login, address) with back-off and
+        per address (study.throttle); an unknown login costs the same argon2 time as a known one."""
+        if not isinstance(login, str) or not isinstance(password, str) or len(login) > 256:
             raise AuthError("Wrong login or password.")
+        if current_browser() == "":
+            raise AuthError("Your browser did not send this site's session cookie. Allow cookies for this "
+                            "site (or open the app in its own tab, not inside another page) and reload.")
+        canon = normalize_login(login)[:128]
+        address = (address or "")[:64]
+        refusal = self._reserve(canon, address)
+        if refusal is not None:
+            raise RateLimited(refusal.message())
         with self.db.session() as s:
-            user = authenticate(s, login, password, address)
+            user = check_credentials(s, login, password)
+            s.add(LoginAttempt(login=canon[:64], address=address, success=user is not None, t=utcnow()))
             if user is None:
-                ops.audit(s, None, "login_failed", str(login)[:64], address=address[:64])
-        # the failed attempt above is committed before the error, so the rate limit sees it
+                ops.audit(s, None, "login_failed", canon[:64], address=address)
+            else:
+                throttle.settle_success(s, canon, address)
         if user is None:
             raise AuthError("Wrong login or password.")
         with self.db.session() as s:
@@ -124,7 +151,7 @@ class StudyService:
             if user.status == "dropped":
                 raise AuthError("This account was closed by the study administrator.")
             token = open_session(s, user)
-            ops.audit(s, user.id, "login", f"clinician:{user.id}", address=address[:64])
+            ops.audit(s, user.id, "login", f"clinician:{user.id}", address=address)
             return token
 
     def logout(self, token: str) -> None:

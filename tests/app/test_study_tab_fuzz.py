@@ -44,10 +44,10 @@ def tab_env(study_env):
     from app.study_tab import StudyTab
 
     svc, admin, code, sid = study_env
-    svc.register(code, "tabfuzz", "password1", group=1)
+    svc.register(code, "tabfuzz", "reader-pass-1", group=1)
     tab = StudyTab(svc, "small")
     tab._demo_ready = True                       # the test study is set up; no demo cohort
-    out = tab.login("tabfuzz", "password1", "Abdomen (400/40)")
+    out = tab.login("tabfuzz", "reader-pass-1", "Abdomen (400/40)")
     token, cur = out[0], out[1]
     assert isinstance(cur, dict) and "aid" in cur
     return tab, svc, admin, token, cur

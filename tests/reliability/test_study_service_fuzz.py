@@ -33,8 +33,8 @@ prompt_lists = st.one_of(st.none(), junk, st.lists(st.lists(numbers, max_size=6)
 @pytest.fixture()
 def reader(study_env):
     svc, admin, code, sid = study_env
-    svc.register(code, "fuzzy", "password1", group=1)
-    tok = svc.login("fuzzy", "password1")
+    svc.register(code, "fuzzy", "reader-pass-1", group=1)
+    tok = svc.login("fuzzy", "reader-pass-1")
     cv = svc.open_case(tok, svc.next_case(tok).assignment_id)
     svc.save_slice(tok, cv.assignment_id, cv.start, np.ones((cv.height, cv.width), np.uint8))
     return svc, admin, tok, cv

@@ -74,8 +74,8 @@ def test_plan_saved_before_first_login_and_dropout_reassigned(study_env):
     # 6 cases, k=3 -> 1 read per case per group -> 18 planned assignments, none claimed yet
     assert (n_planned, claimed) == (18, 0)
     for i, g in enumerate([1, 1, 2]):
-        svc.register(code, f"r{i}", "password1", group=g)
-    toks = [svc.login(f"r{i}", "password1") for i in range(3)]
+        svc.register(code, f"r{i}", "reader-pass-1", group=g)
+    toks = [svc.login(f"r{i}", "reader-pass-1") for i in range(3)]
     # r0 submits one case, then drops out
     cv = svc.next_case(toks[0])
     svc.open_case(toks[0], cv.assignment_id)
@@ -97,6 +97,6 @@ def test_plan_saved_before_first_login_and_dropout_reassigned(study_env):
 def test_late_registration_gets_a_new_slot_continuing_the_cycle(study_env):
     svc, admin, code, sid = study_env
     for i in range(3):                         # group 2 planned with 2 readers; a third joins
-        svc.register(code, f"g2r{i}", "password1", group=2)
-    totals = [svc.progress(svc.login(f"g2r{i}", "password1"))["total"] for i in range(3)]
+        svc.register(code, f"g2r{i}", "reader-pass-1", group=2)
+    totals = [svc.progress(svc.login(f"g2r{i}", "reader-pass-1"))["total"] for i in range(3)]
     assert totals[:2] == [3, 3] and totals[2] == 3

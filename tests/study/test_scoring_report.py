@@ -135,8 +135,8 @@ def test_submission_scored_in_3d_over_start_end(study_env):
     from study.models import Case, Submission
 
     svc, admin, code, sid = study_env
-    svc.register(code, "scorer", "password1", group=3)
-    tok = svc.login("scorer", "password1")
+    svc.register(code, "scorer", "reader-pass-1", group=3)
+    tok = svc.login("scorer", "reader-pass-1")
     cv = svc.open_case(tok, svc.next_case(tok).assignment_id)
     with svc.db.session() as s:   # the test (not the reader) knows which case it is
         from study.models import Assignment

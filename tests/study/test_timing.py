@@ -71,8 +71,8 @@ def test_service_times_from_scripted_clock(study_env):
     svc, admin, code, sid = study_env
     clock = SimClock(datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc))
     svc.clock = clock
-    svc.register(code, "timer", "password1", group=1)
-    tok = svc.login("timer", "password1")
+    svc.register(code, "timer", "reader-pass-1", group=1)
+    tok = svc.login("timer", "reader-pass-1")
     cv = svc.open_case(tok, svc.next_case(tok).assignment_id)
     mask = np.zeros((cv.height, cv.width), np.uint8)
     clock.advance(45)
