@@ -12,10 +12,12 @@ import traceback
 from typing import Any, Callable
 
 import gradio as gr
+import numpy as np
 
 from app import handlers as H
-from app import measure
+from app import measure, ood
 from app.context import AppContext
+from app.render import CUSTOM_PRESET, preset_for
 from app.state import CLASS_CHOICES, MODES, Session
 from usam.errors import UsamError
 
@@ -225,7 +227,34 @@ class Callbacks:
         r = H.segment_volume(s, start, end, progress=self._progress_fn(progress))
         msg = (f"Segmented slices {r['start']}–{r['end']}: {r['segmented']} predicted, {r['kept_locked']} "
                f"corrected slices kept, {r['seconds']:.1f} s.")
-        return self.view(s) + (msg,)
+        self._sample_uncertainty(s, r["start"], r["end"])
+        notice = ood.notice_html(self.ood_findings(s), "this whole-volume result")
+        return self.view(s) + (msg + ("\n\n" + notice if notice else ""),)
+
+    # --- out-of-distribution notice ----------------------------------------------------------------
+    UNCERTAINTY_SLICES = 4  # decoder runs on the most-foreground slices after a whole-volume run
+
+    def _sample_uncertainty(self, s: Session, lo: int, hi: int) -> None:
+        """The model's own uncertainty on a few predicted slices of the run (kept on the session)."""
+        fg = s.labels[lo:hi + 1].reshape(hi - lo + 1, -1).astype(bool).sum(axis=1)
+        zs = [lo + int(i) for i in np.argsort(-fg, kind="stable")[:self.UNCERTAINTY_SLICES] if fg[i] > 0]
+        probs = []
+        try:
+            for z in zs:
+                probs.append(np.asarray(s.predictor.predict(z, None).probs))
+        except Exception:  # the notice is advice: a failure here must not fail the run
+            log.warning("uncertainty sampling failed:\n%s", traceback.format_exc())
+        s.__dict__["_ood_model"] = ood.uncertainty_findings(ood.uncertainty_stats(probs))
+
+    def ood_findings(self, s: Session) -> list[ood.Finding]:
+        """Why the current results may be unlike the training data: volume, model uncertainty, measurements."""
+        cache = s.__dict__.setdefault("_ood_volume", {})
+        if s.volume_hash not in cache:
+            cache.clear()
+            cache[s.volume_hash] = ood.volume_findings(np.asarray(s.volume.array), s.volume.spacing)
+        sp = tuple(float(t) for t in s.volume.spacing)
+        return (cache[s.volume_hash] + list(s.__dict__.get("_ood_model", []))
+                + ood.measurement_findings(H.results(s), s.labels, sp))
 
     @guard
     def propagate_box(self, s: Session | None, start: float, end: float, progress=gr.Progress()):
@@ -240,17 +269,18 @@ class Callbacks:
     # --- display -----------------------------------------------------------------------------------
     @guard
     def set_window_preset(self, s: Session | None, name: str):
-        """Display window preset (display only: the model input never changes)."""
+        """Display window preset (display only: the model input never changes); "Custom" keeps the window."""
         s = self.ensure(s)
-        H.set_window_preset(s, name)
+        if name != CUSTOM_PRESET:
+            H.set_window_preset(s, name)
         return self.view(s) + (s.window.width, s.window.level)
 
     @guard
     def set_window(self, s: Session | None, width: float, level: float):
-        """Manual display window width / level in HU (display only)."""
+        """Manual display window width / level in HU (display only); the preset it matches, else "Custom"."""
         s = self.ensure(s)
         H.set_window(s, width, level)
-        return self.view(s)
+        return self.view(s) + (preset_for(s.window),)
 
     @guard
     def set_display(self, s: Session | None, opacity: float, visible: list[str], mode: str, cls: str):
@@ -262,12 +292,13 @@ class Callbacks:
     # --- results and export ----------------------------------------------------------------------
     @guard
     def update_results(self, s: Session | None):
-        """Measurements table, per-slice area plot and 3D surface of the current masks."""
+        """Measurements table, per-slice area plot, 3D surface and out-of-distribution notice of the current masks."""
         s = self.ensure(s)
         m = H.results(s)
         sp = tuple(float(t) for t in s.volume.spacing)
         return (s, measure.measurement_rows(m), measure.area_figure(s.labels, sp, s.z),
-                measure.surface_figure(s.labels, sp))
+                measure.surface_figure(s.labels, sp),
+                ood.notice_html(self.ood_findings(s), "these measurements"))
 
     @guard
     def export_nifti(self, s: Session | None):

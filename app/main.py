@@ -19,7 +19,7 @@ from app import gradio_cache  # noqa: E402
 from app import handlers as H  # noqa: E402
 from app.callbacks import Callbacks  # noqa: E402
 from app.context import AppContext  # noqa: E402
-from app.render import DEFAULT_PRESET, WINDOW_PRESETS  # noqa: E402
+from app.render import CUSTOM_PRESET, DEFAULT_PRESET, WINDOW_PRESETS  # noqa: E402
 from app.state import CLASS_CHOICES, MODES, Session  # noqa: E402
 from app.viewer import VIEWER_CSS, VIEWER_HTML, VIEWER_JS  # noqa: E402
 
@@ -44,6 +44,15 @@ APP_CSS = """
   letter-spacing: .04em; color: var(--body-text-color-subdued); }
 #usam-status, #usam-timing { font-size: 13px; }
 #usam-timing p { font-variant-numeric: tabular-nums; }
+.usam-ood { background: #fff1f0; color: #7f1d1d; border: 1px solid #f87171; border-left: 5px solid #dc2626;
+  border-radius: 8px; padding: 8px 12px; font-size: 13px; margin: 4px 0 8px 0; }
+.usam-ood ul { margin: 4px 0 4px 18px; padding: 0; } .usam-ood li { margin: 2px 0; }
+.dark .usam-ood { background: #3b0d0d; color: #fecaca; border-color: #b91c1c; }
+/* upload, undo / redo, clear: framed like buttons, not like labels (inside a gr.Group they lose it) */
+button.usam-btn { border: 1px solid #94a3b8 !important; border-radius: 6px !important; margin: 4px !important;
+  background: #ffffff !important; box-shadow: 0 1px 2px rgba(15,23,42,.18) !important; font-weight: 600 !important; }
+button.usam-btn:hover { background: #eff6ff !important; border-color: #3b82f6 !important; }
+.dark button.usam-btn { background: #1e293b !important; border-color: #64748b !important; }
 """
 
 
@@ -57,11 +66,14 @@ def theme() -> gr.themes.Base:
 
 
 def launch_kwargs(ctx: AppContext) -> dict[str, Any]:
-    """Keyword arguments of Blocks.launch: private by default (no share link, history, telemetry)."""
+    """Keyword arguments of Blocks.launch: private by default (no share link, history, telemetry),
+    Gradio's deep links off and every browser given its secret cookie (app/security.py)."""
+    from app.security import harden_server
+
     return dict(
         server_name=ctx.config.host, server_port=ctx.config.port, share=False, theme=theme(), css=APP_CSS,
         footer_links=["api"], run_history=False, enable_monitoring=False, mcp_server=False, ssr_mode=False,
-        pwa=False, show_error=True, max_file_size="1gb",
+        pwa=False, show_error=True, max_file_size="1gb", **harden_server(),
     )
 
 
@@ -101,15 +113,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     status = gr.Markdown(elem_id="usam-status")
                     timing = gr.Markdown(elem_id="usam-timing")
                     with gr.Row(equal_height=True, elem_id="usam-display"):
-                        preset = gr.Radio(list(WINDOW_PRESETS), value=DEFAULT_PRESET, label="Window preset (display only)",
-                                          scale=3, min_width=300)
+                        # "Custom" shows a manual W/L; clicking a preset then applies it again
+                        preset = gr.Radio(list(WINDOW_PRESETS) + [CUSTOM_PRESET], value=DEFAULT_PRESET,
+                                          label="Window preset (display only)", scale=3, min_width=300,
+                                          elem_id="usam-preset")
                         win_w = gr.Number(WINDOW_PRESETS[DEFAULT_PRESET][0], label="W (HU)", minimum=1, scale=1,
-                                          min_width=70)
-                        win_l = gr.Number(WINDOW_PRESETS[DEFAULT_PRESET][1], label="L (HU)", scale=1, min_width=70)
-                        win_btn = gr.Button("Apply W/L", size="sm", scale=0, min_width=80)
+                                          min_width=70, elem_id="usam-win-w")
+                        win_l = gr.Number(WINDOW_PRESETS[DEFAULT_PRESET][1], label="L (HU)", scale=1, min_width=70,
+                                          elem_id="usam-win-l")
+                        win_btn = gr.Button("Apply W/L", size="sm", scale=0, min_width=80, elem_id="usam-win-apply")
                     with gr.Row(equal_height=True):
                         opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Overlay opacity", scale=2,
-                                            min_width=200)
+                                            min_width=200, elem_id="usam-opacity")
                         visible = gr.CheckboxGroup(CLASS_LABELS, value=CLASS_LABELS, label="Show classes", scale=2,
                                                    min_width=200)
                 with gr.Column(scale=1, min_width=340, elem_classes=["usam-panel"]):
@@ -117,7 +132,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         gr.Markdown("### Volume")
                         case = gr.Dropdown(list(H.DEMO_CASES), value=H.DEMO_CASES[0], label="Demo case",
                                            elem_id="usam-case")
-                        upload = gr.UploadButton("Upload CT: NIfTI · zipped DICOM · NRRD", size="sm",
+                        upload = gr.UploadButton("⤒ Upload CT: NIfTI · zipped DICOM · NRRD", size="sm",
+                                                 variant="secondary", elem_classes=["usam-btn"],
                                                  file_types=[".nii", ".gz", ".zip", ".nrrd", ".nhdr"],
                                                  type="filepath", elem_id="usam-upload")
                         vol_info = gr.Markdown(elem_id="usam-volinfo")
@@ -130,10 +146,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                         cls = gr.Radio(CLASS_LABELS, value=CLASS_LABELS[0], label="Point class",
                                        elem_id="usam-class")
                         with gr.Row():
-                            undo_btn = gr.Button("↶ Undo", size="sm")
-                            redo_btn = gr.Button("↷ Redo", size="sm")
-                            clear_btn = gr.Button("✕ Clear slice", size="sm")
-                        auto_btn = gr.Button("Segment this slice without prompts", size="sm")
+                            undo_btn = gr.Button("↶ Undo", size="sm", variant="secondary", elem_classes=["usam-btn"],
+                                                 elem_id="usam-undo")
+                            redo_btn = gr.Button("↷ Redo", size="sm", variant="secondary", elem_classes=["usam-btn"],
+                                                 elem_id="usam-redo")
+                            clear_btn = gr.Button("✕ Clear slice", size="sm", variant="secondary",
+                                                  elem_classes=["usam-btn"])
+                        auto_btn = gr.Button("Segment this slice without prompts", size="sm", elem_classes=["usam-btn"])
                     with gr.Group():
                         gr.Markdown("### Whole volume")
                         with gr.Row():
@@ -141,13 +160,15 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                             z1 = gr.Number(0, label="To slice", precision=0, minimum=0)
                         with gr.Row():
                             vol_btn = gr.Button("Segment range", variant="primary", size="sm")
-                            prop_btn = gr.Button("Propagate box from 'From' slice", size="sm")
-                        batch_info = gr.Markdown("Corrected (prompted) slices are locked: batch runs keep them.")
+                            prop_btn = gr.Button("Propagate box from 'From' slice", size="sm", elem_classes=["usam-btn"])
+                        batch_info = gr.Markdown("Corrected (prompted) slices are locked: batch runs keep them.",
+                                                 elem_id="usam-batch-info")
 
         with gr.Tab("Results & export", id="results") as results_tab:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=360):
                     refresh_btn = gr.Button("Update measurements", variant="primary", size="sm")
+                    ood_note = gr.HTML("", elem_id="usam-ood-results")  # beside the numbers it concerns
                     meas = gr.Dataframe(headers=["Quantity", "Value", "Unit"], interactive=False,
                                         label="Measurements", elem_id="usam-measurements")
                     gr.Markdown("#### Export")
@@ -202,18 +223,25 @@ def build_app(ctx: AppContext) -> gr.Blocks:
              show_progress_on=[batch_info])
         wire(prop_btn.click, cb.propagate_box, [state, z0, z1], VIEW + [batch_info], "propagate_box", gpu=True,
              show_progress_on=[batch_info])
+        # Enter in From / To shows that slice (never starts a run: that is the buttons' job)
+        wire(z0.submit, cb.set_slice, [state, z0], VIEW, "show_range_start", **quiet)
+        wire(z1.submit, cb.set_slice, [state, z1], VIEW, "show_range_end", **quiet)
 
         wire(preset.input, cb.set_window_preset, [state, preset], VIEW + [win_w, win_l], "set_window_preset", **quiet)
-        wire(win_btn.click, cb.set_window, [state, win_w, win_l], VIEW, "set_window", **quiet)
-        wire(win_w.submit, cb.set_window, [state, win_w, win_l], VIEW, "set_window_width", **quiet)
-        wire(win_l.submit, cb.set_window, [state, win_w, win_l], VIEW, "set_window_level", **quiet)
+        wire(win_btn.click, cb.set_window, [state, win_w, win_l], VIEW + [preset], "set_window", **quiet)
+        wire(win_w.submit, cb.set_window, [state, win_w, win_l], VIEW + [preset], "set_window_width", **quiet)
+        wire(win_l.submit, cb.set_window, [state, win_w, win_l], VIEW + [preset], "set_window_level", **quiet)
+        # typing a W or L leaves the preset: the radio says so at once (browser only)
+        for box in (win_w, win_l):
+            box.input(None, None, [preset], js=f"() => {CUSTOM_PRESET!r}", queue=False, api_visibility="private")
         display_in = [state, opacity, visible, mode, cls]
-        wire(opacity.release, cb.set_display, display_in, VIEW, "set_opacity", **quiet)
+        # input: a drag of the slider and typing in its number box (Enter included) both act
+        wire(opacity.input, cb.set_display, display_in, VIEW, "set_opacity", trigger_mode="always_last", **quiet)
         wire(visible.input, cb.set_display, display_in, VIEW, "set_visible_classes", **quiet)
         wire(mode.input, cb.set_display, display_in, VIEW, "set_mode", **quiet)
         wire(cls.input, cb.set_display, display_in, VIEW, "set_point_class", **quiet)
 
-        RESULTS = [state, meas, area_plot, surf_plot]
+        RESULTS = [state, meas, area_plot, surf_plot, ood_note]
         wire(refresh_btn.click, cb.update_results, [state], RESULTS, "update_results")
         wire(results_tab.select, cb.update_results, [state], RESULTS, "show_results")
         wire(nii_btn.click, cb.export_nifti, [state], [state, files], "export_nifti")

@@ -16,6 +16,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "Bone (1800/400)": (1800.0, 400.0),
 }
 DEFAULT_PRESET = "Abdomen (400/40)"
+CUSTOM_PRESET = "Custom"  # what the preset radio shows for a manual W/L that matches no preset
 
 # label -> RGB; paper colours: normal rectum red, tumor blue
 CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (230, 40, 40), 2: (40, 110, 255)}
@@ -33,6 +34,14 @@ class Window:
     def bounds(self) -> tuple[float, float]:
         """Lowest and highest displayed HU."""
         return self.level - self.width / 2.0, self.level + self.width / 2.0
+
+
+def preset_for(window: "Window") -> str:
+    """The preset a window is (by width and level), else CUSTOM_PRESET."""
+    for name, (w, l) in WINDOW_PRESETS.items():
+        if abs(window.width - w) < 1e-6 and abs(window.level - l) < 1e-6:
+            return name
+    return CUSTOM_PRESET
 
 
 def apply_window(hu: np.ndarray, window: Window) -> np.ndarray:

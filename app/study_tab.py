@@ -139,7 +139,11 @@ def _err(fn: Callable) -> Callable:
             log.error("study handler %s failed:\n%s", fn.__name__, traceback.format_exc())
             raise gr.Error(f"Internal error ({type(exc).__name__}).", title="Internal error") from exc
 
-    return wrapper
+    # the one place where the browser's secret reaches the study service: every handler wired
+    # through _err (E) checks it (study.auth.resolve_token), see app/security.with_browser
+    from app.security import with_browser
+
+    return with_browser(wrapper)
 
 
 def _not_done(msg: str) -> gr.Error:
@@ -182,10 +186,10 @@ def _point_class(cls: Any) -> int:
 
 
 def _address(request: gr.Request | None) -> str:
-    try:
-        return (request.client.host or "") if request is not None and request.client else ""
-    except Exception:
-        return ""
+    """The caller's address for the login throttle (X-Forwarded-For only from a trusted proxy)."""
+    from app.security import request_address
+
+    return request_address(request)
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -419,8 +423,18 @@ class StudyTab:
 
     def admin_export(self, token):
         """Long-format CSV of every scored annotation, for download."""
-        out = Path(tempfile.mkdtemp(prefix="usam_study_")) / "annotations_long.csv"
-        return str(self.svc.export_csv(token, out))
+        from app.security import delete_later, new_export_dir
+
+        folder = new_export_dir()
+        try:
+            path = str(self.svc.export_csv(token, folder / "annotations_long.csv"))
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        delete_later(folder)              # Gradio copies the file for the download when this returns
+        return path
 
     def admin_drop(self, token, reader_id):
         """Drop a reader and re-assign their unfinished cases."""
@@ -456,6 +470,18 @@ def make_service(ctx: Any):
     return StudyService(get_database(), predictor_factory=factory, model_name=name, checkpoint_hash=sha)
 
 
+def _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, session_box) -> None:
+    """UI-only steps after the account events (no API endpoints): the password boxes emptied after
+    every attempt, successful or not (the browser's field and the copy Gradio keeps of a session's
+    last input values), and the login / register forms folded away while logged in."""
+    private = dict(api_visibility="private", show_progress="hidden")
+    boxes = [account_box, session_box]
+    login_ev.then(lambda: gr.update(value=""), None, [pw_in], **private)
+    reg_ev.then(lambda: gr.update(value=""), None, [rpw_in], **private)
+    login_ev.success(lambda: (gr.update(visible=False), gr.update(visible=True)), None, boxes, **private)
+    logout_ev.success(lambda: (gr.update(visible=True), gr.update(visible=False)), None, boxes, **private)
+
+
 def build_study_tab(ctx: Any) -> StudyTab:
     """Build the tab's components and events inside the caller's gr.Tab; returns the handlers."""
     # the study needs realistic 512^2 cases; $USAM_STUDY_DEMO_SIZE=small for quick trials
@@ -476,21 +502,24 @@ def build_study_tab(ctx: Any) -> StudyTab:
     status = gr.Markdown(elem_id="study-status")
     with gr.Row():
         with gr.Column(scale=1):
-            with gr.Group():
-                login_in = gr.Textbox(label="Login", elem_id="study-login")
-                pw_in = gr.Textbox(label="Password", type="password", elem_id="study-password")
-                with gr.Row():
-                    login_btn = gr.Button("Log in", variant="primary")
-                    logout_btn = gr.Button("Log out")
-            with gr.Accordion("Register (study code from the administrator)", open=False):
-                code_in = gr.Textbox(label="Study code")
-                rlogin_in = gr.Textbox(label="Login")
-                rpw_in = gr.Textbox(label="Password (at least 8 characters)", type="password")
-                name_in = gr.Textbox(label="Name")
-                group_in = gr.Radio(GROUP_CHOICES, label="Experience group")
-                years_in = gr.Number(label="Years of experience", minimum=0, maximum=80)
-                spec_in = gr.Textbox(label="Specialty")
-                reg_btn = gr.Button("Register")
+            # folded away once logged in (shown again on logout)
+            with gr.Column(elem_id="study-account") as account_box:
+                with gr.Group():
+                    login_in = gr.Textbox(label="Login", elem_id="study-login")
+                    pw_in = gr.Textbox(label="Password", type="password", elem_id="study-password")
+                    login_btn = gr.Button("Log in", variant="primary", elem_id="study-login-btn")
+                with gr.Accordion("Register (study code from the administrator)", open=False):
+                    code_in = gr.Textbox(label="Study code")
+                    rlogin_in = gr.Textbox(label="Login")
+                    rpw_in = gr.Textbox(label="Password (at least 8 characters, not a common one)",
+                                        type="password", elem_id="study-register-password")
+                    name_in = gr.Textbox(label="Name")
+                    group_in = gr.Radio(GROUP_CHOICES, label="Experience group")
+                    years_in = gr.Number(label="Years of experience", minimum=0, maximum=80)
+                    spec_in = gr.Textbox(label="Specialty")
+                    reg_btn = gr.Button("Register")
+            with gr.Row(visible=False, elem_id="study-session") as session_box:
+                logout_btn = gr.Button("Log out", elem_id="study-logout-btn")
             preset = gr.Radio(presets, value=DEFAULT_PRESET, label="Window preset")
 
     with gr.Column(visible=False) as reader_panel:
@@ -547,12 +576,13 @@ def build_study_tab(ctx: Any) -> StudyTab:
         a_status = gr.Markdown()
 
     CASE = [info, zs, editor, prompt_img, prompt_info]
-    reg_btn.click(E(tab.register), [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in], [status],
-                  api_name="study_register")
-    login_btn.click(E(tab.login), [login_in, pw_in, preset],
-                    [token, cur, status, reader_panel, admin_panel] + CASE, api_name="study_login")
-    logout_btn.click(E(tab.logout), [token], [token, cur, status, reader_panel, admin_panel] + CASE,
-                     api_name="study_logout")
+    reg_ev = reg_btn.click(E(tab.register), [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in],
+                           [status], api_name="study_register")
+    login_ev = login_btn.click(E(tab.login), [login_in, pw_in, preset],
+                               [token, cur, status, reader_panel, admin_panel] + CASE, api_name="study_login")
+    logout_ev = logout_btn.click(E(tab.logout), [token], [token, cur, status, reader_panel, admin_panel] + CASE,
+                                 api_name="study_logout")
+    _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, session_box)
     zs.release(E(tab.goto), [token, cur, editor, zs, preset], [cur] + CASE, api_name="study_goto")
     next_btn.click(E(lambda t, c, e, p: tab.step(t, c, e, p, +1)), [token, cur, editor, preset], [cur] + CASE,
                    api_name="study_next")
