@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 import traceback
+import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
@@ -22,6 +25,8 @@ from app.state import CLASS_CHOICES, MODES, Session
 from usam.errors import UsamError
 
 log = logging.getLogger("usam.app")
+
+BATCH_HINT = "Corrected (prompted) slices are locked: batch runs keep them."
 
 
 def guard(fn: Callable) -> Callable:
@@ -38,12 +43,25 @@ def guard(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except UsamError as exc:
-            raise gr.Error(str(exc), title="Not done", print_exception=False) from exc
-        except Exception as exc:  # a bug: keep the page alive and the state unchanged
-            log.error("handler %s failed:\n%s", fn.__name__, traceback.format_exc())
-            raise gr.Error(f"Internal error ({type(exc).__name__}): {exc}", title="Internal error") from exc
+            raise gr.Error(user_message(exc), title="Not done", print_exception=False) from exc
+        except Exception as exc:  # a bug: keep the page alive and the state unchanged; the log gets the detail
+            ref = uuid.uuid4().hex[:8]
+            log.error("handler %s failed (ref %s):\n%s", fn.__name__, ref, traceback.format_exc())
+            raise gr.Error(f"Internal error: this action failed and nothing was changed (reference {ref}; "
+                           "the server log has the details).", title="Internal error",
+                           print_exception=False) from exc
 
     return wrapper
+
+
+def user_message(exc: BaseException) -> str:
+    """A UsamError's text as the page shows it: without server paths (the log keeps the original)."""
+    from usam.volumes import scrub
+
+    text = scrub(str(exc)) or "The action was refused."
+    if text != str(exc).strip():
+        log.info("message shown without paths: %s", exc)
+    return text
 
 
 def header_html(ctx: AppContext) -> str:
@@ -93,10 +111,41 @@ class Callbacks:
                 H.timing_text(s, server_ms))
 
     def loaded(self, s: Session) -> tuple:
-        """LOAD outputs: VIEW + volume info, range defaults, header, reference text."""
+        """LOAD outputs: VIEW + volume info, range defaults, header, reference text, then everything
+        derived from the previous volume reset (LOAD_RESET: demo choice, results, downloads,
+        agreement table, replay message, batch line, notice) and the load status line."""
+        demo = s.name if (s.name in H.DEMO_CASES and not s.is_upload) else None
         return self.view(s) + (H.volume_summary(s), gr.update(value=0, maximum=s.nz - 1),
                                gr.update(value=s.nz - 1, maximum=s.nz - 1), header_html(self.ctx),
-                               reference_text(s))
+                               reference_text(s),
+                               gr.update(value=demo), [], None, None, None, [], "", BATCH_HINT, "",
+                               f"Loaded **{H._md(s.name)}**.")
+
+    # set by app.main.build_app: the Blocks (its upload set) and the number of LOAD outputs
+    blocks: Any = None
+    load_len: int = 0
+
+    def owns_upload(self, path: str | Path) -> bool:
+        """Whether `path` is a file uploaded to this server (Gradio's upload route), which the handler
+        may delete after reading it. A path of anything else (another session's export in the cache,
+        a file the server made) is never deleted (issue 13 §6)."""
+        blocks = self.blocks
+        if blocks is None:
+            return False
+        # Gradio records every file its /upload route stored (content-addressed: <sha256>/<name>);
+        # files the app hands out (exports) are cached elsewhere and never enter this set
+        uploads = getattr(blocks, "upload_file_set", set())
+        return os.path.abspath(str(path)) in uploads or str(path) in uploads
+
+    def _upload_path(self, path: Any) -> str:
+        """The upload a load event received; with the app running, only a file uploaded to it."""
+        if not path:
+            raise gr.Error("No file received.", title="Not done", print_exception=False)
+        if self.blocks is not None and not self.owns_upload(path):
+            log.warning("load refused for a path that was not uploaded: %s", path)
+            raise gr.Error("This file was not uploaded to this page: upload it again.", title="Not done",
+                           print_exception=False)
+        return str(path)
 
     @staticmethod
     def _carry_display(new: Session, old: Session | None) -> None:
@@ -121,11 +170,20 @@ class Callbacks:
     @guard
     def load_volume(self, s: Session | None, path: str | None):
         """Load an uploaded NIfTI / zipped DICOM / NRRD; a bad file leaves the previous volume."""
-        if not path:
-            raise gr.Error("No file received.", title="Not done", print_exception=False)
-        new = H.load_file(self.ctx, path)
+        path = self._upload_path(path)
+        new = H.load_file(self.ctx, path, delete_after=self.owns_upload(path))
         self._carry_display(new, s)
         return self.loaded(new)
+
+    def load_volume_page(self, s: Session | None, path: str | None):
+        """The page's upload button: load_volume, but a refused file gives ONE message (the load status
+        line and a warning toast) and leaves every other output as it was (no error on each output)."""
+        try:
+            return self.load_volume(s, path)
+        except gr.Error as exc:
+            msg = str(getattr(exc, "message", exc))
+            gr.Warning(msg, title="Not loaded")
+            return tuple(gr.skip() for _ in range(max(self.load_len - 1, 0))) + (f"⚠ **Not loaded:** {msg}",)
 
     # --- navigation ----------------------------------------------------------------------------
     @guard
@@ -322,9 +380,8 @@ class Callbacks:
     def replay_session(self, s: Session | None, path: str | None):
         """Re-create the masks of a session JSON on the loaded volume."""
         s = self.ensure(s)
-        if not path:
-            raise gr.Error("No file received.", title="Not done", print_exception=False)
-        data = H.read_session_file(path)
+        path = self._upload_path(path)
+        data = H.read_session_file(path, max_bytes=H._limits(self.ctx).max_session_file_kb << 10)
         new, rep = H.replay_session(self.ctx, data, s)
         new.opacity, new.visible, new.mode, new.cls = s.opacity, s.visible, s.mode, s.cls  # window: the session's
         s.close()
@@ -337,9 +394,9 @@ class Callbacks:
     def load_reference(self, s: Session | None, path: str | None):
         """Use an uploaded label map as the reference and compute Dice / IoU / NSD."""
         s = self.ensure(s)
-        if not path:
-            raise gr.Error("No file received.", title="Not done", print_exception=False)
-        H.load_reference(s, path)
+        path = self._upload_path(path)
+        H.load_reference(s, path, delete_after=self.owns_upload(path),
+                         limits=H._limits(self.ctx).volume_limits())
         return s, H.metric_rows(H.reference_metrics(s)), reference_text(s)
 
     @guard

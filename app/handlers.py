@@ -4,20 +4,24 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import re
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from app import measure
-from app.context import AppContext
+from app.context import SESSION_BYTES_PER_VOXEL, AppContext, AppLimits
 from app.render import (WINDOW_PRESETS, Window, apply_window, overlay_rgba, png_data_url,
                         reformat_views)
 from app.state import CLASS_CHOICES, MODES, PromptItem, Session, clamp_range
 from usam.errors import PromptError, UsamError, VolumeError
+
+log = logging.getLogger("usam.app")
 
 DEMO_CASES = ("Demo phantom 1", "Demo phantom 2", "Demo phantom 3")
 SESSION_FORMAT = "usam-studio-session"
@@ -65,13 +69,31 @@ def _volume_hash(volume: Any) -> str:
         return h.hexdigest()
 
 
-def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndarray | None = None) -> Session:
+def _limits(ctx: AppContext) -> AppLimits:
+    """The start-up limits (AppLimits defaults for a context built without them)."""
+    return getattr(getattr(ctx, "config", None), "limits", None) or AppLimits()
+
+
+def check_session_memory(ctx: AppContext, shape: tuple[int, ...]) -> None:
+    """Refuse a volume whose session (volume, label map, reference) would exceed the memory budget."""
+    lim = _limits(ctx)
+    need = int(np.prod(shape)) * SESSION_BYTES_PER_VOXEL
+    if need > lim.session_memory_bytes:
+        raise VolumeError(f"a {' × '.join(map(str, shape[::-1]))} volume needs about {need >> 20} MiB per session, "
+                          f"over this server's limit of {lim.session_memory_mb} MiB")
+
+
+def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndarray | None = None,
+                  is_upload: bool = False) -> Session:
     """A fresh session on a volume: empty label map, new predictor, viewer on the middle slice."""
     arr = np.asarray(volume.array)
     if arr.ndim != 3 or min(arr.shape) < 1:
         raise VolumeError(f"expected a 3-D volume, got shape {arr.shape}")
+    check_session_memory(ctx, arr.shape)
+    lim = _limits(ctx)
     s = Session(volume=volume, volume_hash=_volume_hash(volume), name=name,
-                labels=np.zeros(arr.shape, dtype=np.uint8))
+                labels=np.zeros(arr.shape, dtype=np.uint8), is_upload=is_upload, max_points=lim.max_points_per_slice,
+                max_history=lim.max_history, max_history_bytes=lim.max_history_mb << 20)
     s.predictor = ctx.new_predictor(volume)
     if ground_truth is not None:
         s.ground_truth = np.asarray(ground_truth, dtype=np.uint8)
@@ -96,23 +118,40 @@ def load_demo(ctx: AppContext, name_or_index: str | int = 0) -> Session:
     return start_session(ctx, case.volume, DEMO_CASES[index], case.labels)
 
 
+_NAME_CHARS = re.compile(r"[^\w .()+\-]+", re.UNICODE)
+
+
+def upload_name(path: str | Path) -> str:
+    """The name an upload is shown by: its file name only (no folder), printable, at most 80 characters."""
+    base = re.split(r"[\\/]", str(path))[-1]
+    clean = _NAME_CHARS.sub("_", base).strip(" ._") or "upload"
+    return clean if len(clean) <= 80 else clean[:38] + "…" + clean[-38:]
+
+
 def load_file(ctx: AppContext, path: str | Path, delete_after: bool = True) -> Session:
-    """Session on an uploaded NIfTI / zipped DICOM / NRRD; the upload is deleted once read."""
+    """Session on an uploaded NIfTI / zipped DICOM / NRRD, named by its file name.
+
+    delete_after: remove the file once read (privacy). The caller passes True only for a file
+    this session uploaded itself, never for a path it was merely given (issue 13 §6)."""
     from usam.volumes import read_volume
 
     path = Path(path)
     try:
-        volume = read_volume(path)
+        volume = read_volume(path, limits=_limits(ctx).volume_limits())
     except UsamError:
         raise
-    except Exception as exc:  # a reader library's own error: say what the user can do
-        raise VolumeError(f"could not read {path.name!r} as NIfTI, zipped DICOM or NRRD ({type(exc).__name__})") from exc
+    except Exception as exc:  # a reader library's own error: say what the user can do; the log gets the rest
+        log.warning("reading an upload failed:\n%s", traceback.format_exc())
+        raise VolumeError(f"could not read {upload_name(path)!r} as NIfTI, zipped DICOM or NRRD") from exc
     finally:
         if delete_after:
             path.unlink(missing_ok=True)  # privacy: no copy of the upload outlives the read
-    fmt = str(volume.source.get("format", "volume")) if isinstance(volume.source, dict) else "volume"
-    s = start_session(ctx, volume, f"Uploaded {fmt}")
-    return s
+    return start_session(ctx, volume, upload_name(path), is_upload=True)
+
+
+def _md(text: str) -> str:
+    """Text shown inside Markdown as typed (an upload's name is the visitor's)."""
+    return re.sub(r"([\\`*_\[\]#|<>~])", r"\\\1", str(text))
 
 
 def volume_summary(s: Session) -> str:
@@ -180,6 +219,13 @@ def _check_xy(s: Session, x: float, y: float) -> tuple[float, float]:
     return x, y
 
 
+def _check_prompt_count(s: Session, z: int, kept: tuple[PromptItem, ...]) -> None:
+    """At most s.max_points prompts on one slice (each one re-runs the decoder and adds an undo state)."""
+    if len(kept) >= s.max_points:
+        raise PromptError(f"slice {z} already has {len(kept)} prompts (at most {s.max_points}): "
+                          "undo or clear some first")
+
+
 def add_point(s: Session, x: float, y: float, positive: bool = True, cls: int = 1, z: int | None = None) -> None:
     """A positive / negative point of a class on a slice; the slice is re-predicted and locked."""
     z = _check_z(s, z)
@@ -187,6 +233,7 @@ def add_point(s: Session, x: float, y: float, positive: bool = True, cls: int = 
     if int(cls) not in (1, 2):
         raise PromptError("the point class must be 1 (normal rectum) or 2 (tumor)")
     item = PromptItem("point", x, y, 1 if positive else 0, int(cls))
+    _check_prompt_count(s, z, s.prompts(z))
     items = s.prompts(z) + (item,)
     labels = _predict(s, z, items)
     s.commit(z, items, labels, locked=True)
@@ -202,6 +249,7 @@ def add_box(s: Session, x0: float, y0: float, x1: float, y1: float, z: int | Non
     if abs(x1 - x0) < 1 or abs(y1 - y0) < 1:
         raise PromptError("the box is too small: drag across the structure")
     item = PromptItem.from_dict({"kind": "box", "box": [x0, y0, x1, y1]})
+    _check_prompt_count(s, z, tuple(p for p in s.prompts(z) if p.kind != "box"))
     items = tuple(p for p in s.prompts(z) if p.kind != "box") + (item,)
     labels = _predict(s, z, items)
     s.commit(z, items, labels, locked=True)
@@ -324,12 +372,20 @@ def navigate(s: Session, delta: int | float) -> None:
     set_slice(s, s.z + int(delta))
 
 
-def set_window(s: Session, width: float, level: float) -> None:
-    """Manual display window (never changes the model input)."""
+def checked_window(width: Any, level: Any) -> Window:
+    """A display window from any values: finite numbers, width at least 1 HU, else a PromptError."""
     width = as_number(width, "the window width")
     if width < 1:
         raise PromptError("the window width must be at least 1 HU")
-    s.window = Window(width, as_number(level, "the window level"))
+    level = as_number(level, "the window level")
+    if abs(width) > 1e6 or abs(level) > 1e6:
+        raise PromptError("the window width and level must lie within ±1,000,000 HU")
+    return Window(width, level)
+
+
+def set_window(s: Session, width: float, level: float) -> None:
+    """Manual display window (never changes the model input)."""
+    s.window = checked_window(width, level)
     s.actions.append({"op": "window", "width": s.window.width, "level": s.window.level})
 
 
@@ -424,7 +480,8 @@ def slice_status(s: Session) -> str:
     z = s.z
     n = len(s.prompts(z))
     lock = " · **corrected, locked** (batch runs keep it)" if s.locked(z) else ""
-    return f"Slice **{z}** of {s.nz - 1}{lock} · {n} prompt{'s' if n != 1 else ''} on this slice"
+    return (f"Slice **{z}** (slices 0–{s.nz - 1}, {s.nz} in all){lock} · {n} prompt{'s' if n != 1 else ''} "
+            "on this slice")
 
 
 # --- results, export, reference --------------------------------------------------------------
@@ -435,7 +492,7 @@ def results(s: Session) -> dict[str, Any]:
 
 def _safe_stem(s: Session) -> str:
     """A file stem without user-provided text (uploaded names can hold patient data)."""
-    stem = re.sub(r"[^A-Za-z0-9]+", "_", s.name).strip("_").lower() or "volume"
+    stem = "upload" if s.is_upload else (re.sub(r"[^A-Za-z0-9]+", "_", s.name).strip("_").lower() or "volume")
     return f"{stem}_{s.volume_hash[:8]}"
 
 
@@ -504,23 +561,62 @@ def export_session(s: Session, ctx: AppContext, out_dir: Path | None = None) -> 
     return out
 
 
-def read_session_file(path: str | Path) -> dict[str, Any]:
-    """Parse and check a session JSON file."""
+def read_session_file(path: str | Path, max_bytes: int = AppLimits().max_session_file_kb << 10) -> dict[str, Any]:
+    """Parse and check a session JSON file (its size first: it is read whole)."""
+    path = Path(path)
     try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VolumeError(f"not a U-SAM Studio session file ({type(exc).__name__})") from exc
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise VolumeError(f"the session file is {size >> 10} KB, over the limit of {max_bytes >> 10} KB")
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except VolumeError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
+        raise VolumeError("not a U-SAM Studio session file (it is not readable JSON)") from None
     if not isinstance(d, dict) or d.get("format") != SESSION_FORMAT or not isinstance(d.get("actions"), list):
         raise VolumeError("not a U-SAM Studio session file (format field missing)")
+    vol = d.get("volume")
+    if not isinstance(vol, dict) or not isinstance(vol.get("sha256"), str):
+        raise VolumeError("not a U-SAM Studio session file (the volume's sha256 is missing)")
+    for key in ("model", "result", "window"):
+        if key in d and not isinstance(d[key], dict):
+            raise VolumeError(f"the session file's {key!r} entry is malformed")
     return d
 
 
-def apply_action(s: Session, a: dict[str, Any]) -> None:
-    """Re-apply one recorded action to a session (the replay step)."""
+# op -> the keys its recorded action must carry
+ACTION_KEYS = {"load": (), "point": ("x", "y", "label", "z"), "box": ("box", "z"), "undo": ("z",), "redo": ("z",),
+               "clear": ("z",), "segment_slice": ("z",), "segment_volume": ("start", "end"),
+               "propagate": ("start", "end"), "window": ("width", "level")}
+
+
+def _action_cost(s: Session, a: dict[str, Any]) -> int:
+    """Model runs an action costs (a range: its slices); checks the action's form on the way."""
+    if not isinstance(a, dict):
+        raise VolumeError("a session action is not an object")
     op = a.get("op")
+    if not isinstance(op, str) or op not in ACTION_KEYS:
+        raise VolumeError(f"unknown action {str(op)[:30]!r} in the session file")
+    missing = [k for k in ACTION_KEYS[op] if k not in a]
+    if missing:
+        raise VolumeError(f"a {op!r} action lacks {', '.join(missing)}")
+    if op == "box" and (not isinstance(a["box"], (list, tuple)) or len(a["box"]) != 4):
+        raise VolumeError("a 'box' action needs four coordinates")
+    if op in ("segment_volume", "propagate"):
+        lo, hi = clamp_range(*_range_numbers(a["start"], a["end"]), s.nz)
+        return abs(hi - lo) + 1
+    return 1 if op in ("point", "box", "segment_slice") else 0
+
+
+def apply_action(s: Session, a: dict[str, Any]) -> None:
+    """Re-apply one recorded action to a session (the replay step), through the live handlers' checks."""
+    _action_cost(s, a)
+    op = a["op"]
     if op == "load":
         return
     if op == "point":
+        if a["label"] not in (0, 1, True, False) or a.get("cls", 1) not in (1, 2):
+            raise PromptError("a point's label must be 0 or 1 and its class 1 or 2")
         add_point(s, a["x"], a["y"], bool(a["label"]), int(a.get("cls", 1)), z=a["z"])
     elif op == "box":
         add_box(s, *a["box"], z=a["z"])
@@ -535,44 +631,70 @@ def apply_action(s: Session, a: dict[str, Any]) -> None:
     elif op == "segment_volume":
         segment_volume(s, a["start"], a["end"])
     elif op == "propagate":
-        propagate_box(s, a["start"], a["end"], margin=float(a.get("margin", 2.0)))
+        propagate_box(s, a["start"], a["end"], margin=as_number(a.get("margin", 2.0), "the propagation margin"))
     elif op == "window":
         set_window(s, a["width"], a["level"])
-    else:
-        raise VolumeError(f"unknown action {op!r} in the session file")
 
 
 def replay_session(ctx: AppContext, data: dict[str, Any], base: Session) -> tuple[Session, dict[str, Any]]:
-    """Re-create a session's masks on the same volume from its JSON; reports whether they match."""
-    if data["volume"]["sha256"] != base.volume_hash:
+    """Re-create a session's masks on the same volume from its JSON; reports whether they match.
+
+    Every action goes through the live handlers' validation; the whole file is checked (form,
+    window, number of model runs against AppLimits.max_replay_actions) before the first one runs."""
+    vol_hash = data.get("volume", {}).get("sha256") if isinstance(data.get("volume"), dict) else None
+    if vol_hash != base.volume_hash:
         raise VolumeError("this session was recorded on a different volume: load that volume first "
-                          f"(session volume {data['volume']['sha256'][:12]}, loaded {base.volume_hash[:12]})")
-    s = start_session(ctx, base.volume, base.name, base.ground_truth)
-    s.reference, s.reference_name = base.reference, base.reference_name
-    for a in data["actions"]:
-        apply_action(s, a)
+                          f"(session volume {str(vol_hash)[:12]}, loaded {base.volume_hash[:12]})")
+    actions = data.get("actions")
+    if not isinstance(actions, list):
+        raise VolumeError("not a U-SAM Studio session file (no actions)")
+    limit = _limits(ctx).max_replay_actions
+    if len(actions) > limit:
+        raise VolumeError(f"the session file holds {len(actions)} actions, over the limit of {limit}")
+    cost = sum(_action_cost(base, a) for a in actions)
+    if cost > limit:
+        raise VolumeError(f"replaying the session file would run the model {cost} times, over the limit of {limit}")
+    window = None
     if "window" in data:
-        s.window = Window(float(data["window"]["width"]), float(data["window"]["level"]))
+        w = data["window"]
+        window = checked_window(w.get("width"), w.get("level"))
+    s = start_session(ctx, base.volume, base.name, base.ground_truth, is_upload=base.is_upload)
+    s.reference, s.reference_name = base.reference, base.reference_name
+    try:
+        for i, a in enumerate(actions):
+            try:
+                apply_action(s, a)
+            except UsamError as exc:
+                raise VolumeError(f"action {i + 1} of the session file ({a.get('op')}) was refused: {exc}") from None
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                log.warning("replay action %d malformed: %r", i + 1, exc)
+                raise VolumeError(f"action {i + 1} of the session file ({str(a.get('op'))[:20]}) is malformed") from None
+    except Exception:
+        s.close()
+        raise
+    if window is not None:
+        s.window = window
     info = ctx.weights_info()
     report = {
-        "actions": len(data["actions"]),
+        "actions": len(actions),
         "same_model": data.get("model", {}).get("sha256") == info.sha256,
         "labels_match": data.get("result", {}).get("labels_sha256") == labels_sha256(s.labels),
     }
     return s, report
 
 
-def load_reference(s: Session, path: str | Path, delete_after: bool = True) -> None:
-    """Use an uploaded label map (same grid as the volume) as the reference."""
+def load_reference(s: Session, path: str | Path, delete_after: bool = True, limits: Any = None) -> None:
+    """Use an uploaded label map (same grid as the volume) as the reference (limits: usam VolumeLimits)."""
     from usam.volumes import read_labelmap
 
     path = Path(path)
     try:
-        ref = read_labelmap(path, reference=s.volume)
+        ref = read_labelmap(path, reference=s.volume, limits=limits)
     except UsamError:
         raise
     except Exception as exc:
-        raise VolumeError(f"could not read {path.name!r} as a label map ({type(exc).__name__})") from exc
+        log.warning("reading a reference failed:\n%s", traceback.format_exc())
+        raise VolumeError(f"could not read {upload_name(path)!r} as a label map") from exc
     finally:
         if delete_after:
             path.unlink(missing_ok=True)

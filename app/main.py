@@ -102,6 +102,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             api_x1 = gr.Number(-1, label="x1 (box, px)")
             api_y1 = gr.Number(-1, label="y1 (box, px)")
             api_z = gr.Number(-1, label="z (slice index; -1 = current)")
+            # /load_volume for API clients: a refused file is an error they can catch (the page's
+            # upload button has its own event, which shows one message instead)
+            api_file = gr.File(label="CT file (NIfTI, zipped DICOM, NRRD)", type="filepath")
 
         with gr.Tab("Segment", id="segment"):
             with gr.Row(equal_height=False):
@@ -136,6 +139,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                                  variant="secondary", elem_classes=["usam-btn"],
                                                  file_types=[".nii", ".gz", ".zip", ".nrrd", ".nhdr"],
                                                  type="filepath", elem_id="usam-upload")
+                        load_msg = gr.Markdown(elem_id="usam-load-status")
                         vol_info = gr.Markdown(elem_id="usam-volinfo")
                     with gr.Group():
                         gr.Markdown("### Prompt")
@@ -196,7 +200,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         _mount_study_tab(ctx)
 
         VIEW = [state, viewer, slider, status, timing]
-        LOAD = VIEW + [vol_info, z0, z1, header, ref_info]
+        # a new volume also resets what was derived from the old one (callbacks.Callbacks.loaded)
+        LOAD = VIEW + [vol_info, z0, z1, header, ref_info, case, meas, area_plot, surf_plot, files, ref_table,
+                       replay_info, batch_info, ood_note, load_msg]
+        cb.blocks, cb.load_len = demo, len(LOAD)
         quiet = dict(show_progress="hidden")
 
         def wire(event: Callable, fn: Callable, inputs: list, outputs: list, name: str, gpu: bool = False, **kw):
@@ -205,7 +212,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
         wire(demo.load, cb.init_session, [state], LOAD, "init_session")
         wire(case.input, cb.load_demo_case, [state, case], LOAD, "load_demo_case")
-        wire(upload.upload, cb.load_volume, [state, upload], LOAD, "load_volume")
+        wire(upload.upload, cb.load_volume_page, [state, upload], LOAD, "load_volume_page",
+             show_progress_on=[load_msg], api_visibility="private")
+        wire(api_file.upload, cb.load_volume, [state, api_file], LOAD, "load_volume")
 
         wire(slider.input, cb.set_slice, [state, slider], VIEW, "set_slice", trigger_mode="always_last", **quiet)
         wire(viewer.nav, cb.go_to_slice, [state, api_z], VIEW, "go_to_slice", trigger_mode="always_last", **quiet)

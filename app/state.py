@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,21 +47,42 @@ class PromptItem:
         return PromptItem("point", float(d["x"]), float(d["y"]), int(d["label"]), int(d.get("cls", 1)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SliceSnapshot:
-    """The state of one slice after an action: its prompts, its mask, whether it is locked."""
+    """The state of one slice after an action: its prompts, its mask (zlib-packed), whether it is locked.
+
+    Masks are packed because a history holds one per action: a 512^2 slice is 256 KB raw and
+    typically 1-3 KB packed, so undo depth costs kilobytes, not tens of megabytes."""
 
     prompts: tuple[PromptItem, ...]
-    labels: np.ndarray
+    packed: bytes
+    shape: tuple[int, int]
     locked: bool
+
+    @staticmethod
+    def of(prompts: tuple[PromptItem, ...], labels2d: np.ndarray, locked: bool) -> "SliceSnapshot":
+        """Snapshot of a slice mask (copied and packed)."""
+        arr = np.ascontiguousarray(labels2d, dtype=np.uint8)
+        return SliceSnapshot(tuple(prompts), zlib.compress(arr.tobytes(), 1), tuple(arr.shape), bool(locked))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The slice mask (a new uint8 array)."""
+        return np.frombuffer(zlib.decompress(self.packed), dtype=np.uint8).reshape(self.shape).copy()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this snapshot holds."""
+        return len(self.packed) + 64 * (len(self.prompts) + 1)
 
 
 @dataclass
 class SliceHistory:
-    """Linear undo/redo history of one slice; states[pos] is the current state."""
+    """Linear undo/redo history of one slice; states[pos] is the current state (at most max_depth kept)."""
 
     states: list[SliceSnapshot]
     pos: int = 0
+    max_depth: int = 50
 
     @property
     def current(self) -> SliceSnapshot:
@@ -68,10 +90,26 @@ class SliceHistory:
         return self.states[self.pos]
 
     def push(self, snap: SliceSnapshot) -> None:
-        """Record a new state; drops the redo branch."""
+        """Record a new state; drops the redo branch and, beyond max_depth, the oldest states."""
         del self.states[self.pos + 1:]
         self.states.append(snap)
+        excess = len(self.states) - max(int(self.max_depth), 1) - 1   # depth counts undo steps
+        if excess > 0:
+            del self.states[:excess]
         self.pos = len(self.states) - 1
+
+    def drop_oldest(self) -> bool:
+        """Forget the oldest undo state (memory budget); False when only the current one is left."""
+        if self.pos == 0:
+            return False
+        del self.states[0]
+        self.pos -= 1
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the history holds."""
+        return sum(st.nbytes for st in self.states)
 
     def undo(self) -> SliceSnapshot | None:
         """Step back one state, or None when at the start."""
@@ -123,6 +161,10 @@ class Session:
     timings: list[dict[str, Any]] = field(default_factory=list)
     view_nonce: int = 0
     ack: int = 0                          # last browser prompt sequence number handled
+    is_upload: bool = False               # the volume came from the visitor (its name is theirs)
+    max_history: int = 50                 # undo states per slice (AppLimits.max_history)
+    max_points: int = 64                  # prompts per slice (AppLimits.max_points_per_slice)
+    max_history_bytes: int = 32 << 20     # undo states of the whole session (AppLimits.max_history_mb)
     _tmpdir: Path | None = None
     lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)  # one event at a time
 
@@ -153,7 +195,8 @@ class Session:
     def history(self, z: int) -> SliceHistory:
         """History of slice z, started from the slice's current mask on first use."""
         if z not in self.histories:
-            self.histories[z] = SliceHistory([SliceSnapshot((), self.labels[z].copy(), False)])
+            self.histories[z] = SliceHistory([SliceSnapshot.of((), self.labels[z], False)],
+                                             max_depth=self.max_history)
         return self.histories[z]
 
     def prompts(self, z: int) -> tuple[PromptItem, ...]:
@@ -172,8 +215,26 @@ class Session:
 
     def commit(self, z: int, prompts: tuple[PromptItem, ...], labels2d: np.ndarray, locked: bool) -> None:
         """Record a new state of slice z and make it the current mask."""
-        self.history(z).push(SliceSnapshot(tuple(prompts), labels2d.astype(np.uint8, copy=True), locked))
+        self.history(z).push(SliceSnapshot.of(tuple(prompts), labels2d, locked))
         self.labels[z] = labels2d
+        self._trim_histories()
+
+    def history_bytes(self) -> int:
+        """Bytes held by every slice's undo history."""
+        return sum(h.nbytes for h in self.histories.values())
+
+    def _trim_histories(self) -> None:
+        """Keep the session's undo histories within max_history_bytes: the longest histories lose
+        their oldest states first (the current state of every slice is always kept)."""
+        total = self.history_bytes()
+        while total > self.max_history_bytes:
+            longest = max(self.histories.values(), key=lambda h: (h.pos, h.nbytes), default=None)
+            if longest is None:
+                return
+            first = longest.states[0].nbytes
+            if not longest.drop_oldest():
+                return
+            total -= first
 
     def restore(self, z: int, snap: SliceSnapshot) -> None:
         """Apply a snapshot (after undo / redo) to the label map."""

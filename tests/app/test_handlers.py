@@ -199,7 +199,7 @@ def test_upload_nifti_round_trip(fake_ctx, small_case, tmp_path):
     path = write_volume(small_case.volume, tmp_path / "ct.nii.gz")
     s = H.load_file(fake_ctx, path)
     assert s.labels.shape == small_case.volume.array.shape and s.reference is None
-    assert s.name.startswith("Uploaded") and not path.exists()
+    assert s.name == "ct.nii.gz" and not path.exists()   # named by its file name (issue 17)
     ref = tmp_path / "ref.nii.gz"
     from usam.volumes import write_labelmap
 
