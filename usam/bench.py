@@ -26,7 +26,7 @@ import torch
 from usam.model import Usam, build_usam, get_config
 from usam.model.fast import FastUsam, pick_device
 from usam.predictor import InferenceModel, VolumePredictor, encode_images, predict_logits
-from usam.preprocess import DEFAULT_WINDOW, logits_to_labels, preprocess_slices
+from usam.preprocess import DEFAULT_WINDOW, SIZE, logits_to_labels, preprocess_slices
 from usam.prompts import Prompts
 from usam.volumes import Volume
 
@@ -267,7 +267,7 @@ def load_model(config: str, checkpoint: str | None, device: torch.device, seed: 
 
 
 def _images(n: int, seed: int, device: torch.device) -> torch.Tensor:
-    return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(seed)).to(device)
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def measure_encode_decode(model: InferenceModel, args: argparse.Namespace, device: torch.device,

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from usam.errors import CheckpointError
 from usam.model import CONFIGS, Usam, UsamConfig, build_usam, extension_keys, get_config
-from usam.preprocess import DEFAULT_WINDOW, MEAN, SIZE, STD
+from usam.preprocess import default_preprocessing
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 DEMO_NAME = "usam_demo.safetensors"
@@ -197,7 +197,7 @@ def _default_metadata(model: Usam, metadata: dict) -> dict:
     meta = dict(metadata)
     meta["config"] = model.config.to_dict()
     meta.setdefault("classes", CLASSES)
-    meta.setdefault("preprocessing", {"window": list(DEFAULT_WINDOW), "size": SIZE, "mean": MEAN, "std": STD})
+    meta.setdefault("preprocessing", default_preprocessing())
     meta.setdefault("provenance", {})
     meta.setdefault("weights_kind", "trained")
     meta["format_version"] = FORMAT_VERSION

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from usam.errors import UsamError, VolumeError
 from usam.preprocess import DEFAULT_WINDOW  # one window for training and inference
+from usam.preprocess import SIZE as MODEL_SIZE  # the model frame, defined once
 
-MODEL_SIZE = 224
 SPLITS = ("train", "val", "test", "all")
 LABEL_RESIZE = ("nearest", "onehot")
 

@@ -7,10 +7,15 @@ from torch.nn import functional as F
 
 from usam.errors import VolumeError
 
-SIZE = 224
+SIZE = 224  # the model frame: side of every model input (the one definition; prompts, data and configs import it)
 MEAN = 0.1364736  # the public code's normalisation of [0, 1] images
 STD = 0.23238614
 DEFAULT_WINDOW = (-160.0, 240.0)  # pelvic soft-tissue HU window (W 400 / L 40): wall and tumour against fat and air
+
+
+def default_preprocessing() -> dict:
+    """The checkpoint metadata's 'preprocessing' entry for these defaults (window, size, mean, std)."""
+    return {"window": list(DEFAULT_WINDOW), "size": SIZE, "mean": MEAN, "std": STD}
 
 
 def preprocess_slices(hu: np.ndarray, window: tuple[float, float] = DEFAULT_WINDOW,

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from usam.errors import PromptError
-
-MODEL_SIZE = 224
+from usam.preprocess import SIZE as MODEL_SIZE  # the model frame's side, defined once
 CLASSES = (1, 2)  # 1 normal rectum, 2 tumor
 _FIELDS = ("points", "point_labels", "point_classes", "boxes", "box_classes")
 

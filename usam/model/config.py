@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from usam.errors import CheckpointError
+from usam.preprocess import SIZE
 
 
 @dataclass
@@ -12,7 +13,7 @@ class UsamConfig:
     """Every size of a U-SAM model; the module tree follows from it alone."""
 
     name: str = "vit_b"
-    image_size: int = 224
+    image_size: int = SIZE
     in_chans: int = 3
     num_classes: int = 3  # background, normal rectum, tumor
     # downsampling adapter: widths of f0..f3; f4 = vit_embed_dim (the token grid)
