@@ -177,10 +177,12 @@ def state_dict_sha256(model: Any) -> str:
 
 def default_metadata(config: Any) -> dict[str, Any]:
     """Checkpoint-like metadata for a randomly initialised model."""
+    from usam.preprocess import default_preprocessing
+
     return {
         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
         "classes": {"0": "background", "1": "normal rectum", "2": "tumor"},
-        "preprocessing": {"window": [-160.0, 240.0], "size": 224, "mean": 0.1364736, "std": 0.23238614},
+        "preprocessing": default_preprocessing(),  # the HU window and normalisation, defined once in usam
         "weights_kind": "random-init",
         "provenance": {"data": "none (random initialisation)"},
     }
