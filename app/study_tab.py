@@ -406,20 +406,30 @@ class StudyTab:
         rep = self.svc.report(token)
         head = (f"**{info['name']}** · registration code `{info['code']}` · {info['cases']} cases · k = {info['k']} · "
                 f"planned groups {info['group_sizes']} · arms {', '.join(info['arms'])} · idle threshold "
-                f"{info['idle_threshold_s']:g} s · NSD tolerance {info['nsd_tolerance_mm']:g} mm")
+                f"{info['idle_threshold_s']:g} s · NSD tolerance {info['nsd_tolerance_mm']:g} mm · "
+                "Dice, IoU and NSD in percent (%)")
         if self.demo_note:
             head += "\n\n" + self.demo_note
-        rv = ["| group | readers | mean Dice (reader-level) | 95% CI |", "|---|---|---|---|"]
-        for r in rep.reader_rows:
-            d = r["dice_mean"]
-            if d["readers"]:
-                rv.append(f"| {r['row']} | {d['readers']} | {100 * d['mean']:.2f} | "
-                          f"[{100 * d['lo']:.2f}, {100 * d['hi']:.2f}] |")
         readers = [[r["id"], r["login"], r["group"], r["status"], f"{r['done']}/{r['assigned']}", r["simulated"]]
                    for r in self.svc.readers(token)]
         f = rep.figures
-        return (head, rep.markdown, rep.paper_markdown, "\n".join(rv), f.get("time_by_group"),
+        return (head, rep.markdown, rep.paper_markdown, rep.reader_markdown, f.get("time_by_group"),
                 f.get("dice_by_case"), f.get("interobserver"), f.get("progress"), readers)
+
+    ADMIN_OUTPUTS = 9  # what admin_refresh returns
+
+    def admin_on_login(self, token):
+        """The report as soon as an administrator is logged in (no blank dashboard until "Refresh");
+        for a reader, a logout or a failed report nothing changes (the buttons still show errors)."""
+        if not token:
+            return tuple(gr.skip() for _ in range(self.ADMIN_OUTPUTS))
+        try:
+            if self.svc.me(token).get("role") != "admin":
+                return tuple(gr.skip() for _ in range(self.ADMIN_OUTPUTS))
+            return self.admin_refresh(token)
+        except Exception:
+            log.warning("admin report on login failed:\n%s", traceback.format_exc())
+            return tuple(gr.skip() for _ in range(self.ADMIN_OUTPUTS))
 
     def admin_export(self, token):
         """Long-format CSV of every scored annotation, for download."""
@@ -446,10 +456,23 @@ class StudyTab:
         r = self.svc.set_group(token, reader_id, group)
         return f"Reader {r['id']} is now in group {r['group']}."
 
-    def admin_run_models(self, token):
-        """Run and score U-SAM, U-SAM/P and U-SAM/B on every case (needs the model)."""
-        n = self.svc.run_models(token)
-        return f"{n} model runs scored; refresh the report."
+    def admin_run_models(self, token, progress=gr.Progress()):
+        """Run and score U-SAM, U-SAM/P and U-SAM/B on every case (needs the model), with "n of N cases" progress."""
+        from study.model_runs import VARIANTS
+
+        n_cases = int(self.svc.study_info(token)["cases"])
+        nv, done = len(VARIANTS), [0]
+
+        def step(_text: str) -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0] / max(n_cases * nv, 1),
+                         desc=f"{done[0] // nv} of {n_cases} cases ({done[0]} of {n_cases * nv} runs)")
+
+        if progress is not None:
+            progress(0.0, desc=f"0 of {n_cases} cases")
+        n = self.svc.run_models(token, progress=step)
+        return f"{n} model runs scored ({n_cases} cases × {nv} variants); the report below is updated."
 
 
 def make_service(ctx: Any):
@@ -598,11 +621,14 @@ def build_study_tab(ctx: Any) -> StudyTab:
     prompt_img.select(E(tab.prompt_click), [token, cur, cls_in, preset], [cur, prompt_img, prompt_info],
                       api_name="study_prompt")
     model_btn.click(E(tab.run_model), [token, cur, preset], [cur, editor, prompt_info], api_name="study_run_model")
-    refresh_btn.click(E(tab.admin_refresh), [token],
-                      [a_head, a_table, a_paper, a_readerview, f_time, f_dice, f_inter, f_prog, readers_df],
-                      api_name="study_admin_report")
+    ADMIN = [a_head, a_table, a_paper, a_readerview, f_time, f_dice, f_inter, f_prog, readers_df]
+    refresh_btn.click(E(tab.admin_refresh), [token], ADMIN, api_name="study_admin_report")
+    # the dashboard fills itself once an administrator is logged in (whichever way the token is set)
+    token.change(E(tab.admin_on_login), [token], ADMIN, api_visibility="private")
     export_btn.click(E(tab.admin_export), [token], [export_file], api_name="study_admin_export")
     drop_btn.click(E(tab.admin_drop), [token, rid_in], [a_status], api_name="study_admin_drop")
     setg_btn.click(E(tab.admin_set_group), [token, rid_in, rgroup_in], [a_status], api_name="study_admin_set_group")
-    models_btn.click(E(tab.admin_run_models), [token], [a_status], api_name="study_admin_run_models")
+    models_btn.click(E(tab.admin_run_models), [token], [a_status], api_name="study_admin_run_models",
+                     show_progress_on=[a_status]).success(E(tab.admin_refresh), [token], ADMIN,
+                                                           api_visibility="private")
     return tab

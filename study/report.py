@@ -43,6 +43,7 @@ class Report:
     figures: dict = field(default_factory=dict)
     markdown: str = ""
     paper_markdown: str = ""
+    reader_markdown: str = ""
 
 
 def load_records(s: Session, study: Study) -> list[dict]:
@@ -171,35 +172,75 @@ def interobserver(s: Session, study: Study) -> list[dict]:
     return out
 
 
+NOT_ENOUGH = "Not enough reads yet"
+
+
+def _empty(fig, title: str, why: str):
+    """A figure that says why it has nothing to show, instead of empty axes."""
+    fig.update_layout(title=title, xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="rgba(0,0,0,0)",
+                      annotations=[dict(text=f"<b>{NOT_ENOUGH}</b><br>{why}", x=0.5, y=0.5, xref="paper",
+                                        yref="paper", showarrow=False, font=dict(size=14))])
+    return fig
+
+
 def figures(rows: list[dict], records: list[dict], progress: list[dict], pairs: list[dict]) -> dict:
-    """Plotly figures: time by group, Dice per case by group/variant, inter-observer, progress."""
+    """Plotly figures: time by group, Dice per case by group/variant, inter-observer, progress.
+
+    Agreement is in percent, as in Table 3; a figure without data says so."""
     import plotly.graph_objects as go
 
     figs = {}
     f = go.Figure()
+    title = "Active time per case by group (cf. paper Suppl. Fig. 7)"
+    manual = 0
     for g in (1, 2, 3):
-        recs = select_records(records, {"kind": "reader", "arm": "manual", "group": g})
+        recs = [r for r in select_records(records, {"kind": "reader", "arm": "manual", "group": g})
+                if r.get("active_s") is not None]
+        manual += len(recs)
         f.add_trace(go.Box(y=[r["active_s"] / 60 for r in recs], name=f"Group {g}", boxpoints="all"))
-    f.update_layout(title="Active time per case by group (cf. paper Suppl. Fig. 7)", yaxis_title="minutes")
-    figs["time_by_group"] = f
+    figs["time_by_group"] = (_empty(f, title, "no manual annotation submitted.") if not manual else
+                             f.update_layout(title=title, yaxis_title="minutes"))
     f = go.Figure()
+    title = "Mean Dice per case by group and model variant (cf. Suppl. Fig. 8)"
+    shown = 0
     for label, flt in row_specs(records):
-        recs = [r for r in select_records(records, flt) if r.get("dice_mean") is not None]
-        f.add_trace(go.Box(x=[r["case"] for r in recs], y=[r["dice_mean"] for r in recs], name=label))
-    f.update_layout(boxmode="group", title="Mean Dice per case by group and model variant (cf. Suppl. Fig. 8)",
-                    yaxis_title="Dice (mean of normal and tumor)", xaxis_title="case")
-    figs["dice_by_case"] = f
-    f = go.Figure(go.Box(x=[p["case"] for p in pairs], y=[p["dice"] for p in pairs], name="reader pairs"))
-    f.update_layout(title="Inter-observer agreement: pairwise Dice per case", yaxis_title="Dice")
+        recs = [r for r in select_records(records, flt) if _finite(r.get("dice_mean"))]
+        if recs:
+            shown += len(recs)
+            f.add_trace(go.Box(x=[r["case"] for r in recs], y=[100 * r["dice_mean"] for r in recs], name=label))
+    figs["dice_by_case"] = (_empty(f, title, "no scored annotation or model run.") if not shown else
+                            f.update_layout(boxmode="group", title=title, xaxis_title="case",
+                                            yaxis=dict(title="Dice (%), mean of normal and tumor", range=[0, 100])))
+    f = go.Figure()
+    title = "Inter-observer agreement: pairwise Dice per case"
+    vals = [p for p in pairs if _finite(p.get("dice"))]
+    if vals:
+        f.add_trace(go.Box(x=[p["case"] for p in vals], y=[100 * p["dice"] for p in vals], name="reader pairs",
+                           boxpoints="all"))
+        f.update_layout(title=title, xaxis_title="case", yaxis=dict(title="Dice (%)", range=[0, 100]))
+    else:
+        _empty(f, title, "needs two readers' manual annotations of the same case.")
     figs["interobserver"] = f
     f = go.Figure()
-    for g in (1, 2, 3):
-        f.add_trace(go.Bar(x=[p["case"] for p in progress], y=[p[f"group{g}"] for p in progress], name=f"Group {g}"))
-    if progress:
+    title = "Study progress: submitted reads per case"
+    if not progress:
+        _empty(f, title, "the study has no cases.")
+    else:
+        for g in (1, 2, 3):
+            f.add_trace(go.Bar(x=[p["case"] for p in progress], y=[p[f"group{g}"] for p in progress],
+                               name=f"Group {g}"))
         f.add_hline(y=progress[0]["k"], line_dash="dash", annotation_text=f"k = {progress[0]['k']}")
-    f.update_layout(barmode="stack", title="Study progress: submitted reads per case", yaxis_title="reads")
+        f.update_layout(barmode="stack", title=title, yaxis=dict(title="reads", range=[0, max(
+            progress[0]["k"], max(p["done"] for p in progress)) + 1]))
+        if not any(p["done"] for p in progress):
+            f.add_annotation(text=f"<b>{NOT_ENOUGH}</b>: no case read so far.", x=0.5, y=0.5, xref="paper",
+                             yref="paper", showarrow=False, font=dict(size=14))
     figs["progress"] = f
     return figs
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(float(v))
 
 
 def _pct(v: float) -> str:
@@ -224,14 +265,15 @@ def _time(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict], tol: float) -> str:
-    """Our Table 3 as Markdown (percent, 95% CI in brackets, n annotations)."""
+    """Our Table 3 as Markdown (percent, stated in every header; 95% CI in brackets; n annotations)."""
     head = ("| row | n (cases, readers) | time per case | " +
-            " | ".join(f"{c} {m.upper() if m != 'dice' else 'Dice'}" for c in CLASSES for m in METRICS) + " |")
+            " | ".join(f"{c} {m.upper() if m != 'dice' else 'Dice'} (%)" for c in CLASSES for m in METRICS) + " |")
     lines = [head, "|" + "---|" * (3 + len(CLASSES) * len(METRICS))]
     for r in rows:
         cells = [_cell(r, f"{m}_{c}") for c in CLASSES for m in METRICS]
         lines.append(f"| {r['row']} | {r['n']} ({r['cases']}, {r['readers']}) | {_time(r)} | " + " | ".join(cells) + " |")
-    lines.append(f"\nNSD tolerance {tol:g} mm. Per-case averaging first, then the mean over cases; "
+    lines.append(f"\nDice, IoU and NSD in percent (%). NSD tolerance {tol:g} mm. Per-case averaging first, "
+                 "then the mean over cases; "
                  "95% CI by bootstrap over cases and readers. Time: server-measured active time "
                  "(idle gaps excluded).")
     return "\n".join(lines)
@@ -239,10 +281,24 @@ def markdown_table(rows: list[dict], tol: float) -> str:
 
 def paper_markdown() -> str:
     """The paper's published Table 3 (percent), for reference beside ours."""
-    lines = ["| row (paper) | time | normal D/I/N | tumor D/I/N | mean D/I/N |", "|---|---|---|---|---|"]
+    lines = ["| row (paper) | time | normal D/I/N (%) | tumor D/I/N (%) | mean D/I/N (%) |", "|---|---|---|---|---|"]
     for name, t, n, tu, m in PAPER_TABLE3:
         lines.append(f"| {name} | {t} | " + " | ".join("/".join(f"{x:.2f}" for x in v) for v in (n, tu, m)) + " |")
-    lines.append("\nPaper: NSD tolerance not stated; time column as published.")
+    lines.append("\nPaper: Dice / IoU / NSD in percent (%); NSD tolerance not stated; time column as published.")
+    return "\n".join(lines)
+
+
+def reader_markdown(reader_rows: list[dict]) -> str:
+    """The reader-level view as Markdown, in percent like Table 3 (rows without readers say so)."""
+    lines = ["| group | readers | mean Dice (%, reader-level) | 95% CI (%) |", "|---|---|---|---|"]
+    for r in reader_rows:
+        d = r["dice_mean"]
+        if d["readers"] and _finite(d["mean"]):
+            lines.append(f"| {r['row']} | {d['readers']} | {_pct(d['mean'])} % | [{_pct(d['lo'])}, {_pct(d['hi'])}] |")
+        else:
+            lines.append(f"| {r['row']} | 0 | {NOT_ENOUGH.lower()} | – |")
+    lines.append("\nEach reader's mean over their cases, then the mean over readers; 95% CI by bootstrap over "
+                 "readers.")
     return "\n".join(lines)
 
 
@@ -259,4 +315,5 @@ def build_report(s: Session, study: Study, n_boot: int = 1000, seed: int = 0, wi
         rep.figures = figures(rows, records, prog, interobserver(s, study))
     rep.markdown = markdown_table(rows, study.nsd_tolerance_mm)
     rep.paper_markdown = paper_markdown()
+    rep.reader_markdown = reader_markdown(rep.reader_rows)
     return rep

@@ -643,8 +643,10 @@ class StudyService:
             self._user(s, token, "admin")
             return build_report(s, ops.get_study(s, study_id))
 
-    def run_models(self, token: str, study_id: int | None = None) -> int:
-        """Run and score the U-SAM variants on every case (admin; needs the model)."""
+    def run_models(self, token: str, study_id: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> int:
+        """Run and score the U-SAM variants on every case (admin; needs the model); progress(text)
+        after each case x variant run."""
         from study.model_runs import run_model_variants
 
         with self.db.session() as s:
@@ -653,7 +655,7 @@ class StudyService:
             ops.audit(s, admin.id, "run_models", f"study:{sid}")
         if self.predictor_factory is None:
             raise Conflict("No U-SAM model is configured on this server.")
-        return run_model_variants(self.db, sid, self.predictor_factory, cache=self.cache)
+        return run_model_variants(self.db, sid, self.predictor_factory, cache=self.cache, progress=progress)
 
     def export_csv(self, token: str, path: str | Path, study_id: int | None = None) -> Path:
         """Long-format CSV of every scored annotation (admin)."""
