@@ -24,20 +24,17 @@ import numpy as np
 
 import gradio as gr
 
-from app.render import CLASS_COLORS, DEFAULT_PRESET, WINDOW_PRESETS, Window, apply_window
+from app.contour import ARM_TEXT, ContourHandlers, _not_done, grey
+from app.contour_js import CONTOUR_CSS, CONTOUR_HTML, CONTOUR_JS
+from app.render import CLASS_COLORS, DEFAULT_PRESET, WINDOW_PRESETS
 from usam.errors import UsamError
 
 log = logging.getLogger("usam.study_tab")
 
-BRUSH_ALPHA = 0.6                          # strokes are see-through so the anatomy stays visible
-LAYER_ALPHA = int(255 * BRUSH_ALPHA)
 HEARTBEAT_S = 30.0
 GROUP_CHOICES = [("Group 1: novice (residents, < 5 years)", 1), ("Group 2: some surgical experience", 2),
                  ("Group 3: highly experienced", 3)]
 CLASS_CHOICES = [("Normal rectal wall (red)", 1), ("Tumor (blue)", 2)]
-ARM_TEXT = {"manual": "Manual annotation", "usam_p": "U-SAM/P: click 3 points per class per slice, then Run U-SAM",
-            "usam_b": "U-SAM/B: click two opposite box corners, then Run U-SAM",
-            "ai_edit": "AI-assisted edit: Run U-SAM, then correct its output"}
 
 # Heartbeat from the page: visible tab? any pointer/key input since the last beat? (listeners
 # are installed on the first tick; nothing else is sent, and the server stamps the time).
@@ -55,72 +52,10 @@ HEARTBEAT_JS = """
 
 
 # ----------------------------------------------------------------------------- pure helpers
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % rgb
-
-
 def grey_rgb(hu: np.ndarray, preset: str | None) -> np.ndarray:
     """Display slice (h, w, 3) uint8 through a window preset (display only)."""
-    # unknown presets (also non-text values sent to the API) fall back to the default window
-    w, l = WINDOW_PRESETS.get(preset if isinstance(preset, str) and preset else DEFAULT_PRESET,
-                              WINDOW_PRESETS[DEFAULT_PRESET])
-    g = apply_window(hu, Window(w, l))
+    g = grey(hu, preset)
     return np.repeat(g[..., None], 3, axis=2)
-
-
-def layer_from_labels(labels: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray:
-    """RGBA layer (h, w, 4) painting label 1 red and 2 blue, semi-transparent."""
-    out = np.zeros(tuple(hw) + (4,), np.uint8)
-    if labels is None:
-        return out
-    for c, rgb in CLASS_COLORS.items():
-        sel = labels == c
-        out[sel, :3] = rgb
-        out[sel, 3] = LAYER_ALPHA
-    return out
-
-
-def editor_value(hu: np.ndarray, labels: np.ndarray | None, preset: str | None) -> dict:
-    """ImageEditor value: windowed slice as background, the reader's labels as the one layer."""
-    return {"background": grey_rgb(hu, preset), "layers": [layer_from_labels(labels, hu.shape)],
-            "composite": None}
-
-
-def _fit(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an RGBA layer to the slice grid (the editor may rescale)."""
-    if img.shape[:2] == tuple(hw):
-        return img
-    ys = (np.arange(hw[0]) * img.shape[0] / hw[0]).astype(int)
-    xs = (np.arange(hw[1]) * img.shape[1] / hw[1]).astype(int)
-    return img[ys][:, xs]
-
-
-def labels_from_editor(value: Any, hw: tuple[int, int]) -> np.ndarray:
-    """Label map (h, w) uint8 from the editor's layers: opaque-enough red -> 1, blue -> 2.
-
-    Later layers paint over earlier ones; eraser strokes are transparent and so background."""
-    labels = np.zeros(tuple(hw), np.uint8)
-    if not isinstance(value, dict):
-        return labels
-    raw = value.get("layers") or []
-    if not isinstance(raw, (list, tuple)):
-        raise gr.Error("The drawing could not be read (layers must be a list of images).", title="Not done",
-                       print_exception=False)
-    layers = [np.asarray(x) for x in raw if x is not None]
-    for layer in layers:
-        if layer.ndim != 3 or layer.shape[2] < 3 or layer.size == 0:
-            continue
-        if not (np.issubdtype(layer.dtype, np.number) or layer.dtype == np.bool_):
-            raise gr.Error("The drawing could not be read (a layer is not an image).", title="Not done",
-                           print_exception=False)
-        layer = np.nan_to_num(layer.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        layer = _fit(layer, hw)
-        alpha = layer[..., 3] if layer.shape[2] == 4 else np.full(layer.shape[:2], 255, np.uint8)
-        painted = alpha >= 64
-        r, b = layer[..., 0].astype(int), layer[..., 2].astype(int)
-        labels[painted & (r > b)] = 1
-        labels[painted & (b >= r)] = 2
-    return labels
 
 
 def _err(fn: Callable) -> Callable:
@@ -144,21 +79,6 @@ def _err(fn: Callable) -> Callable:
     from app.security import with_browser
 
     return with_browser(wrapper)
-
-
-def _not_done(msg: str) -> gr.Error:
-    return gr.Error(msg, title="Not done", print_exception=False)
-
-
-def _slice_number(z: Any) -> int:
-    """A slice number from the slider / API: a finite number (clamped to the case range later)."""
-    try:
-        v = float(z)
-    except (TypeError, ValueError, OverflowError):
-        raise _not_done("The slice number must be a number.") from None
-    if not np.isfinite(v) or isinstance(z, bool):
-        raise _not_done("The slice number must be a number.")
-    return int(max(min(v, 2**31), -2**31))
 
 
 def _click_xy(index: Any, hw: tuple[int, int]) -> tuple[float, float]:
@@ -193,7 +113,7 @@ def _address(request: gr.Request | None) -> str:
 
 
 # ----------------------------------------------------------------------------- handlers
-class StudyTab:
+class StudyTab(ContourHandlers):
     """Handlers of the tab (plain methods: a test can call them without a browser)."""
 
     def __init__(self, service, demo_size: str | None = None):
@@ -250,97 +170,6 @@ class StudyTab:
             self.svc.logout(token)
         return (None, None, "Logged out.", gr.update(visible=False), gr.update(visible=False)) + self._blank()
 
-    # -- annotation ---------------------------------------------------------------------------
-    def _blank(self) -> tuple:
-        return ("", gr.update(minimum=0, maximum=1, value=0), None, None, "")
-
-    def _load_current(self, token: str, preset: str) -> tuple[dict | None, tuple]:
-        """Open (resume) the reader's current case at its last slice."""
-        cv = self.svc.next_case(token)
-        if cv is None:
-            p = self.svc.progress(token)
-            return None, (f"All {p['total']} assigned cases are submitted. Thank you!",
-                          gr.update(minimum=0, maximum=1, value=0), None, None, "")
-        cv = self.svc.open_case(token, cv.assignment_id)
-        cur = {"aid": cv.assignment_id, "start": cv.start, "end": cv.end, "z": cv.resume_z, "arm": cv.arm,
-               "h": cv.height, "w": cv.width, "label": cv.label, "points": [], "box": [], "shown": time.time()}
-        return cur, self._show(token, cur, preset, cv)
-
-    def _info(self, cur: dict, cv=None, saved: list | None = None) -> str:
-        n = cur["end"] - cur["start"] + 1
-        text = (f"**{cur['label']}** · slices {cur['start']}–{cur['end']} ({n}) · now at slice **{cur['z']}** "
-                f"({cur['z'] - cur['start'] + 1}/{n}) · {ARM_TEXT.get(cur['arm'], cur['arm'])}")
-        if cv is not None:
-            text += f" · {len(cv.saved)} slices saved"
-        return text
-
-    def _show(self, token: str, cur: dict, preset: str, cv=None) -> tuple:
-        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
-        cur["shown"] = time.time()
-        cur["points"], cur["box"] = [], []
-        return (self._info(cur, cv), gr.update(minimum=cur["start"], maximum=max(cur["end"], cur["start"] + 1),
-                                               value=cur["z"], step=1),
-                editor_value(sv.image, sv.mask, preset), grey_rgb(sv.image, preset), self._prompt_text(cur))
-
-    def _need(self, cur) -> dict:
-        if not isinstance(cur, dict) or "aid" not in cur:
-            raise gr.Error("No case is open: log in first.", title="Not done", print_exception=False)
-        return cur
-
-    def _save(self, token, cur, editor) -> None:
-        labels = labels_from_editor(editor, (cur["h"], cur["w"]))
-        self.svc.save_slice(token, cur["aid"], cur["z"], labels, "manual" if labels.any() else "empty")
-
-    def goto(self, token, cur, editor, z, preset):
-        """Save the current slice, then show slice z (slider)."""
-        cur = self._need(cur)
-        z = _slice_number(z)                     # checked before anything is saved
-        self._save(token, cur, editor)
-        cur["z"] = int(min(max(z, cur["start"]), cur["end"]))
-        # navigation is input activity, and the server remembers the slice for resuming
-        self.svc.heartbeat(token, cur["aid"], True, True, cur["z"])
-        return (cur,) + self._show(token, cur, preset)
-
-    def step(self, token, cur, editor, preset, delta: int):
-        """Save the current slice and move by delta slices."""
-        cur = self._need(cur)
-        return self.goto(token, cur, editor, cur["z"] + delta, preset)
-
-    def copy_previous(self, token, cur, editor, preset):
-        """Load the reader's own mask of the previous slice into the editor (saved when moving on)."""
-        cur = self._need(cur)
-        if cur["z"] <= cur["start"]:
-            raise gr.Error("This is the first slice of the range.", title="Not done", print_exception=False)
-        prev = self.svc.get_slice(token, cur["aid"], cur["z"] - 1).mask
-        here = self.svc.get_slice(token, cur["aid"], cur["z"])
-        return editor_value(here.image, prev, preset)
-
-    def nothing(self, token, cur, preset):
-        """Save an empty mask for this slice ("nothing on this slice") and move on."""
-        cur = self._need(cur)
-        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
-        self.svc.save_slice(token, cur["aid"], cur["z"], np.zeros_like(sv.image, dtype=np.uint8), "empty")
-        if cur["z"] < cur["end"]:
-            cur["z"] += 1
-            self.svc.heartbeat(token, cur["aid"], True, True, cur["z"])
-        return (cur,) + self._show(token, cur, preset)
-
-    def rewindow(self, token, cur, editor, preset):
-        """New window preset: same strokes on a re-windowed background."""
-        cur = self._need(cur)
-        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
-        labels = labels_from_editor(editor, (cur["h"], cur["w"]))
-        return editor_value(sv.image, labels, preset), grey_rgb(sv.image, preset)
-
-    def submit(self, token, cur, editor, preset):
-        """Save the current slice, submit the case and open the next one."""
-        cur = self._need(cur)
-        self._save(token, cur, editor)
-        res = self.svc.submit(token, cur["aid"])
-        cur2, outs = self._load_current(token, preset)
-        msg = f"Case submitted ({res['slices_saved']} of {res['slices']} slices annotated)."
-        return (cur2, msg) + outs
-
     def heartbeat(self, visible, had_input, token, cur):
         """Activity heartbeat from the page (ignored when no case is open)."""
         if not token or not isinstance(cur, dict) or "aid" not in cur:
@@ -395,9 +224,8 @@ class StudyTab:
             box = (min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1, 0, m0 + m1)
         labels = self.svc.predict_slice(token, cur["aid"], cur["z"], cur["points"] if cur["arm"] == "usam_p" else [],
                                         box)
-        sv = self.svc.get_slice(token, cur["aid"], cur["z"])
-        cur["points"], cur["box"] = [], []
-        return cur, editor_value(sv.image, labels, preset), self._prompt_text(cur)
+        outs = self._show(token, cur, preset)      # the model's output is saved: shown as stored
+        return cur, outs[2], self._prompt_text(cur)
 
     # -- admin ----------------------------------------------------------------------------------
     def admin_refresh(self, token):
@@ -521,7 +349,7 @@ def build_study_tab(ctx: Any) -> StudyTab:
     token = gr.State(None)
     cur = gr.State(None)
     gr.Markdown("Observer study: annotate your assigned cases slice by slice. Time is measured on the server; "
-                "your work is saved every time you move to another slice.")
+                "each slice you edit is saved when you move to another slice.")
     status = gr.Markdown(elem_id="study-status")
     with gr.Row():
         with gr.Column(scale=1):
@@ -547,19 +375,14 @@ def build_study_tab(ctx: Any) -> StudyTab:
 
     with gr.Column(visible=False) as reader_panel:
         info = gr.Markdown(elem_id="study-case-info")
-        zs = gr.Slider(0, 1, value=0, step=1, label="Slice (only the case's range)", elem_id="study-slice")
-        editor = gr.ImageEditor(
-            label="Paint: red = normal rectal wall, blue = tumor; eraser removes", type="numpy", image_mode="RGBA",
-            format="png", sources=(), transforms=(), layers=False, interactive=True,
-            brush=gr.Brush(colors=[(_hex(CLASS_COLORS[1]), BRUSH_ALPHA), (_hex(CLASS_COLORS[2]), BRUSH_ALPHA)],
-                           default_color=(_hex(CLASS_COLORS[1]), BRUSH_ALPHA), color_mode="fixed", default_size=4),
-            eraser=gr.Eraser(default_size=6), elem_id="study-editor")
-        with gr.Row():
-            prev_btn = gr.Button("◀ Save & previous")
-            next_btn = gr.Button("Save & next ▶", variant="primary")
-            copy_btn = gr.Button("Copy from previous slice")
-            none_btn = gr.Button("Nothing on this slice")
-            submit_btn = gr.Button("Submit case", variant="stop")
+        # the contouring tool (app/contour_js.py); API clients pass the mask text, the case and
+        # the slice number through these hidden inputs (the page sends them as event data)
+        contour = gr.HTML(None, html_template=CONTOUR_HTML, css_template=CONTOUR_CSS, js_on_load=CONTOUR_JS,
+                          apply_default_css=False, elem_id="study-contour")
+        with gr.Row(visible=False):
+            mask_in = gr.Textbox(label="Mask text: rle:H:W:v,n,... (or b64:H:W:...) at the slice size")
+            aid_in = gr.Number(label="Case (assignment id) the call is for", precision=0)
+            zs = gr.Number(label="Slice number", precision=0)
         with gr.Accordion("U-SAM prompts (AI arms only)", open=False):
             cls_in = gr.Radio(CLASS_CHOICES, value=1, label="Point class")
             prompt_img = gr.Image(label="Click to place prompts", interactive=False, type="numpy", format="png",
@@ -598,7 +421,7 @@ def build_study_tab(ctx: Any) -> StudyTab:
         export_file = gr.File(label="Export", interactive=False)
         a_status = gr.Markdown()
 
-    CASE = [info, zs, editor, prompt_img, prompt_info]
+    CASE = [info, zs, contour, prompt_img, prompt_info]
     reg_ev = reg_btn.click(E(tab.register), [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in],
                            [status], api_name="study_register")
     login_ev = login_btn.click(E(tab.login), [login_in, pw_in, preset],
@@ -606,21 +429,21 @@ def build_study_tab(ctx: Any) -> StudyTab:
     logout_ev = logout_btn.click(E(tab.logout), [token], [token, cur, status, reader_panel, admin_panel] + CASE,
                                  api_name="study_logout")
     _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, session_box)
-    zs.release(E(tab.goto), [token, cur, editor, zs, preset], [cur] + CASE, api_name="study_goto")
-    next_btn.click(E(lambda t, c, e, p: tab.step(t, c, e, p, +1)), [token, cur, editor, preset], [cur] + CASE,
-                   api_name="study_next")
-    prev_btn.click(E(lambda t, c, e, p: tab.step(t, c, e, p, -1)), [token, cur, editor, preset], [cur] + CASE,
-                   api_name="study_previous")
-    copy_btn.click(E(tab.copy_previous), [token, cur, editor, preset], [editor], api_name="study_copy_previous")
-    none_btn.click(E(tab.nothing), [token, cur, preset], [cur] + CASE, api_name="study_nothing")
-    preset.change(E(lambda t, c, e, p: tab.rewindow(t, c, e, p) if isinstance(c, dict) else (gr.skip(), gr.skip())),
-                  [token, cur, editor, preset], [editor, prompt_img], api_name="study_window")
-    submit_btn.click(E(tab.submit), [token, cur, editor, preset], [cur, status] + CASE, api_name="study_submit")
+    page = [token, cur, mask_in, aid_in]
+    contour.next(E(tab.next_slice), page + [preset], [cur] + CASE, api_name="study_next")
+    contour.previous(E(tab.previous_slice), page + [preset], [cur] + CASE, api_name="study_previous")
+    contour.goto(E(tab.goto), page + [zs, preset], [cur] + CASE, api_name="study_goto")
+    contour.copy(E(tab.copy_previous), [token, cur, aid_in, preset], [cur] + CASE, api_name="study_copy_previous")
+    contour.nothing(E(tab.nothing), [token, cur, aid_in, preset], [cur] + CASE, api_name="study_nothing")
+    contour.interpolate(E(tab.interpolate), page + [preset], [cur] + CASE, api_name="study_interpolate")
+    preset.change(E(lambda t, c, p: tab.rewindow(t, c, p) if isinstance(c, dict) else (gr.skip(), gr.skip())),
+                  [token, cur, preset], [contour, prompt_img], api_name="study_window")
+    contour.submit(E(tab.submit), page + [preset], [cur, status] + CASE, api_name="study_submit")
     timer.tick(E(tab.heartbeat), [hb_visible, hb_input, token, cur], None, js=HEARTBEAT_JS,
                api_name="study_heartbeat", show_progress="hidden")
     prompt_img.select(E(tab.prompt_click), [token, cur, cls_in, preset], [cur, prompt_img, prompt_info],
                       api_name="study_prompt")
-    model_btn.click(E(tab.run_model), [token, cur, preset], [cur, editor, prompt_info], api_name="study_run_model")
+    model_btn.click(E(tab.run_model), [token, cur, preset], [cur, contour, prompt_info], api_name="study_run_model")
     ADMIN = [a_head, a_table, a_paper, a_readerview, f_time, f_dice, f_inter, f_prog, readers_df]
     refresh_btn.click(E(tab.admin_refresh), [token], ADMIN, api_name="study_admin_report")
     # the dashboard fills itself once an administrator is logged in (whichever way the token is set)

@@ -8,7 +8,6 @@ import socket
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from app.context import AppConfig, AppContext, WeightsInfo
 from tests.study.conftest import END, START, make_study, write_tiny_cohort
@@ -73,17 +72,20 @@ def study_app(tmp_path_factory, tiny_cohort):
             os.environ["USAM_STUDY_WARMUP"] = old_warm
 
 
-def _editor(tmp_path, name, labels):
-    """Editor payload as the browser sends it: background + one RGBA layer of strokes."""
-    from gradio_client import handle_file
+def _mask(labels):
+    """The page's mask text of a label map (what the contouring tool sends)."""
+    from study.masks import encode_labels
 
-    from app.study_tab import layer_from_labels
+    return encode_labels(labels)
 
-    h, w = labels.shape
-    bg, layer = tmp_path / f"{name}_bg.png", tmp_path / f"{name}_layer.png"
-    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(bg)
-    Image.fromarray(layer_from_labels(labels, (h, w))).save(layer)
-    return {"background": handle_file(str(bg)), "layers": [handle_file(str(layer))], "composite": None, "id": None}
+
+def _shown(payload) -> np.ndarray:
+    """The label map the contouring tool shows (the stored mask, exactly), zeros when none."""
+    from study.masks import decode_labels
+
+    if payload["mask"] is None:
+        return np.zeros((payload["h"], payload["w"]), np.uint8)
+    return decode_labels(payload["mask"], (payload["h"], payload["w"]))
 
 
 def _client(url):
@@ -100,20 +102,23 @@ def test_register_annotate_close_resume_submit_and_report(study_app):
 
     url, svc, code, tmp = study_app
     c = _client(url)
-    msg = c.predict(code, "reader1", "password1", "Dr One", 1, 4, "surgery", api_name="/study_register")
+    msg = c.predict(code, "reader1", "reader-pass-1", "Dr One", 1, 4, "surgery", api_name="/study_register")
     assert "created" in msg
-    status, info, slider, editor, _img, _p = c.predict("reader1", "password1", PRESET, api_name="/study_login")
-    assert "reader1" in status and f"slices {START}–{END}" in info and slider["value"] == START
-    assert np.asarray(Image.open(editor["layers"][0]))[..., 3].max() == 0      # nothing painted yet
+    status, info, slider, editor, _img, _p = c.predict("reader1", "reader-pass-1", PRESET, api_name="/study_login")
+    assert "reader1" in status and f"slices {START}–{END}" in info and slider == START
+    assert editor["mask"] is None and editor["strip"] == ["untouched"] * (END - START + 1)   # nothing yet
+    aid = editor["aid"]
     wall = np.zeros((40, 40), np.uint8)
     wall[12:28, 12:16] = 1
     tumor = np.zeros((40, 40), np.uint8)
     tumor[18:24, 18:24] = 2
-    out = c.predict(_editor(tmp, "a", wall), PRESET, api_name="/study_next")       # slice START saved
-    assert out[1]["value"] == START + 1
-    out = c.predict(_editor(tmp, "b", tumor), PRESET, api_name="/study_next")      # slice START+1 saved
-    out = c.predict(_editor(tmp, "b2", tumor * 0), START + 1, PRESET, api_name="/study_goto")  # back, blank
-    assert out[1]["value"] == START + 1 and "now at slice **3**" in out[0]
+    out = c.predict(_mask(wall), aid, PRESET, api_name="/study_next")       # slice START saved
+    assert out[1] == START + 1
+    out = c.predict(_mask(tumor), aid, PRESET, api_name="/study_next")      # slice START+1 saved
+    out = c.predict(_mask(tumor * 0), aid, START + 1, PRESET, api_name="/study_goto")  # back, blank
+    assert out[1] == START + 1 and "now at slice **3**" in out[0]
+    assert out[2]["strip"][:3] == ["saved", "saved", "nothing"]
+    out = c.predict("", aid, START + 2, PRESET, api_name="/study_goto")     # no mask: nothing saved
     c.close()                                                  # the browser is closed
     with svc.db.session() as s:
         from study.models import Assignment, Clinician
@@ -126,11 +131,11 @@ def test_register_annotate_close_resume_submit_and_report(study_app):
     assert not saved[START + 2].any()
 
     c2 = _client(url)
-    status, info, slider, editor, _img, _p = c2.predict("reader1", "password1", PRESET, api_name="/study_login")
-    assert slider["value"] == START + 1 and "3 slices saved" in info                # resumed where left
-    layer = np.asarray(Image.open(editor["layers"][0]))
-    assert (layer[..., 3] > 0).sum() == 36 and layer[20, 20, 2] > layer[20, 20, 0]  # own tumor strokes, blue
-    out = c2.predict(_editor(tmp, "c", tumor), PRESET, api_name="/study_submit")
+    status, info, slider, editor, _img, _p = c2.predict("reader1", "reader-pass-1", PRESET, api_name="/study_login")
+    assert slider == START + 2 and "2 slices saved, 1 with nothing" in info        # resumed where left
+    out = c2.predict(None, editor["aid"], START + 1, PRESET, api_name="/study_goto")
+    assert np.array_equal(_shown(out[2]), tumor)                                   # own tumor, exactly
+    out = c2.predict(_mask(tumor), editor["aid"], PRESET, api_name="/study_submit")
     assert "Case submitted" in out[0] and "Case 2 of 3" in out[1]
 
     a = _client(url)
@@ -142,6 +147,7 @@ def test_register_annotate_close_resume_submit_and_report(study_app):
 
 
 ENDPOINTS_READER = ["/study_next", "/study_previous", "/study_copy_previous", "/study_submit", "/study_goto",
+                    "/study_interpolate",
                     "/study_nothing", "/study_run_model"]
 ENDPOINTS_ADMIN = ["/study_admin_report", "/study_admin_export", "/study_admin_drop", "/study_admin_set_group",
                    "/study_admin_run_models"]
@@ -154,8 +160,8 @@ def _call(c, api, tmp):
     args = []
     for p in info["parameters"]:
         comp = p["component"].lower()
-        if comp == "imageeditor":
-            args.append(_editor(tmp, "x", np.ones((40, 40), np.uint8)))
+        if p["label"].startswith("Mask text"):
+            args.append(_mask(np.ones((40, 40), np.uint8)))
         elif comp == "slider":
             args.append(0)
         elif comp == "number":
@@ -188,8 +194,8 @@ def test_endpoints_refuse_unauthenticated_and_wrong_role(study_app):
     for api in ENDPOINTS_ADMIN:
         assert "log in" in _call(anon, api, tmp).lower()
     r = _client(url)
-    r.predict(code, "reader2", "password1", "", 2, 1, "", api_name="/study_register")
-    r.predict("reader2", "password1", PRESET, api_name="/study_login")
+    r.predict(code, "reader2", "reader-pass-1", "", 2, 1, "", api_name="/study_register")
+    r.predict("reader2", "reader-pass-1", PRESET, api_name="/study_login")
     for api in ENDPOINTS_ADMIN:
         assert "administrator" in _call(r, api, tmp)
     assert counts() == before                       # nothing was stored by any refused call
@@ -203,14 +209,18 @@ def test_readers_see_only_their_own_work(study_app):
     url, svc, code, tmp = study_app
     r1, r2 = _client(url), _client(url)
     for c, name in ((r1, "ra"), (r2, "rb")):
-        c.predict(code, name, "password1", "", 1, 1, "", api_name="/study_register")
-    r1.predict("ra", "password1", PRESET, api_name="/study_login")
+        c.predict(code, name, "reader-pass-1", "", 1, 1, "", api_name="/study_register")
+    r1_aid = r1.predict("ra", "reader-pass-1", PRESET, api_name="/study_login")[3]["aid"]
     everything = np.full((40, 40), 2, np.uint8)
-    r1.predict(_editor(tmp, "r1", everything), PRESET, api_name="/study_next")
-    _s, info, _sl, editor, _i, _p = r2.predict("rb", "password1", PRESET, api_name="/study_login")
-    assert np.asarray(Image.open(editor["layers"][0]))[..., 3].max() == 0
-    # the ground truth never reaches the page: the editor background is the CT only
-    bg = np.asarray(Image.open(editor["background"]))
+    r1.predict(_mask(everything), r1_aid, PRESET, api_name="/study_next")
+    _s, info, _sl, editor, _i, _p = r2.predict("rb", "reader-pass-1", PRESET, api_name="/study_login")
+    assert editor["mask"] is None and not _shown(editor).any()
+    # another reader's case cannot be named: refused, nothing stored
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="another case"):
+        r2.predict(_mask(everything), r1_aid, PRESET, api_name="/study_next")
+    # the ground truth never reaches the page: the slice image is the CT only
+    from app.render import decode_data_url
+    bg = decode_data_url(editor["slice"])
     assert bg.shape[:2] == (40, 40)
-    gt_colours = bg[..., 2].astype(int) - bg[..., 0].astype(int)
-    assert np.abs(gt_colours).max() == 0                                   # grey: no coloured labels
+    assert bg.ndim == 2                                                    # grey: no coloured labels

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of every observer-study tab handler's arguments, called as
 the Gradio events call them (through the tab's error wrapper), with what an API client can send:
-any editor value (layers of any shape / dtype, junk), slice numbers, presets, classes, click
+any mask text (any size, labels, format, junk), any case id, slice numbers, presets, classes, click
 coordinates, reader ids, groups and registration fields. The session state (token, open case)
 is the server's own and stays valid, or is missing (anonymous). Every call is either accepted
 or refused with a clear message (never "Internal error"), and a refused call leaves the stored
@@ -24,17 +24,18 @@ ints = st.one_of(st.integers(-10**12, 10**12), st.sampled_from([0, 1, 2, 3, -1, 
 numbers = st.one_of(ints, st.floats(allow_nan=True, allow_infinity=True))
 junk = st.one_of(numbers, st.none(), st.booleans(), st.text(max_size=12), st.lists(ints, max_size=3),
                  st.sampled_from(["nan", "1e400", "", "-1", "../../etc/passwd", "\x00"]))
-layers = st.one_of(
-    hnp.arrays(np.uint8, st.sampled_from([(40, 40, 4), (40, 40, 3), (20, 80, 4), (1, 1, 4), (40, 40), (3,),
-                                          (40, 40, 2), (0, 0, 4), (0, 40, 4), (400, 400, 4)]),
-               elements=st.sampled_from([0, 10, 64, 200, 255])),
-    hnp.arrays(st.sampled_from([np.float32, np.float64, np.int64, np.bool_]), st.sampled_from([(40, 40, 4), (5, 5, 3)]),
-               elements=st.sampled_from([0, 1, -1, 300])),
-    st.just(np.full((40, 40, 4), np.nan, np.float32)), st.just(np.ones((4, 4, 4), object)), junk)
-editors = st.one_of(junk, st.fixed_dictionaries({"background": st.one_of(st.none(), layers),
-                                                 "layers": st.one_of(st.none(), junk, st.lists(layers, max_size=3)),
-                                                 "composite": st.none()}),
-                    st.dictionaries(st.sampled_from(["layers", "background", "x"]), junk, max_size=2))
+def _rle(h, w, v=1):
+    return f"rle:{h}:{w}:{v},{h * w}"
+
+
+# mask texts an API client may send: right and wrong sizes, labels, formats, run sums, junk
+masks = st.one_of(
+    junk, st.sampled_from([_rle(40, 40, 0), _rle(40, 40, 1), _rle(40, 40, 2), _rle(40, 40, 3), _rle(39, 40),
+                           _rle(4000, 4000), "rle:40:40:1,1599", "rle:40:40:1,1601", "rle:40:40:", "b64:40:40:",
+                           "b64:40:40:" + "AAAA" * 533 + "AA==", "rle:40:40:0,800,2,800", "rle:40:40:-1,1600",
+                           "png:40:40:x", "rle:40:40:0,1600" + ",0" * 100]),
+    hnp.arrays(np.uint8, (40, 40), elements=st.sampled_from([0, 1, 2, 255])).map(
+        lambda a: __import__("study.masks", fromlist=["x"]).encode_labels(a)))
 presets = st.one_of(st.sampled_from(["Abdomen (400/40)", "Bone (1800/400)"]), junk)
 
 
@@ -74,25 +75,28 @@ def _cur(cur: dict) -> dict:
 
 
 @FUZZ
-@given(editor=editors, z=junk, preset=presets, delta=st.sampled_from([-1, 1]))
-def test_annotation_handlers_any_arguments(tab_env, editor, z, preset, delta):
+@given(mask=masks, z=junk, preset=presets, aid=st.one_of(st.just("own"), junk))
+def test_annotation_handlers_any_arguments(tab_env, mask, z, preset, aid):
     tab, svc, admin, token, cur = tab_env
     for tok, c in ((token, _cur(cur)), (None, None)):   # the reader's own session, and anonymous
-        res = run(svc, tab.goto, tok, c, editor, z, preset)
+        a = cur["aid"] if aid == "own" else aid
+        res = run(svc, tab.goto, tok, c, mask, a, z, preset)
         if not isinstance(res, Exception):
             assert c["start"] <= res[0]["z"] <= c["end"]
-        run(svc, tab.step, tok, _cur(cur) if tok else None, editor, preset, delta)
-        run(svc, tab.copy_previous, tok, _cur(cur) if tok else None, editor, preset)
-        run(svc, tab.rewindow, tok, _cur(cur) if tok else None, editor, preset)
-        run(svc, tab.nothing, tok, _cur(cur) if tok else None, preset)
+        run(svc, tab.next_slice, tok, _cur(cur) if tok else None, mask, a, preset)
+        run(svc, tab.previous_slice, tok, _cur(cur) if tok else None, mask, a, preset)
+        run(svc, tab.copy_previous, tok, _cur(cur) if tok else None, a, preset)
+        run(svc, tab.rewindow, tok, _cur(cur) if tok else None, preset)
+        run(svc, tab.nothing, tok, _cur(cur) if tok else None, a, preset)
+        run(svc, tab.interpolate, tok, _cur(cur) if tok else None, mask, a, preset)
 
 
 @FUZZ
-@given(editor=editors, preset=presets)
-def test_submit_any_editor(tab_env, editor, preset):
+@given(mask=masks, preset=presets, aid=st.one_of(st.just("own"), junk))
+def test_submit_any_mask(tab_env, mask, preset, aid):
     tab, svc, admin, token, cur = tab_env
-    assert isinstance(run(svc, tab.submit, None, None, editor, preset), Exception)
-    res = run(svc, tab.submit, token, _cur(cur), editor, preset)
+    assert isinstance(run(svc, tab.submit, None, None, mask, cur["aid"], preset), Exception)
+    res = run(svc, tab.submit, token, _cur(cur), mask, cur["aid"] if aid == "own" else aid, preset)
     if not isinstance(res, Exception):
         assert "Case submitted" in res[1]
 

@@ -153,27 +153,20 @@ def val(v):
     return v.get("value") if isinstance(v, dict) and v.get("__type__") == "update" else v
 
 
-def layer_file(labels: np.ndarray, folder: Path, name: str) -> str:
-    """An RGBA PNG layer painting label 1 red and 2 blue (what the ImageEditor sends)."""
-    from PIL import Image
+def mask_text(labels: np.ndarray) -> str:
+    """The study page's mask text of a label map (what the contouring tool sends)."""
+    from study.masks import encode_labels
 
-    from app.render import CLASS_COLORS
-
-    rgba = np.zeros(labels.shape + (4,), np.uint8)
-    for c, rgb in CLASS_COLORS.items():
-        rgba[labels == c, :3] = rgb
-        rgba[labels == c, 3] = 200
-    path = Path(folder) / f"{name}.png"
-    Image.fromarray(rgba, "RGBA").save(path)
-    return str(path)
+    return encode_labels(labels)
 
 
-def editor_payload(labels: np.ndarray, folder: Path, name: str) -> dict:
-    """gradio_client value of the study ImageEditor with one painted layer."""
-    from gradio_client import handle_file
+def shown_labels(payload: dict) -> np.ndarray:
+    """The label map the contouring tool shows for a payload (the stored mask; zeros when none)."""
+    from study.masks import decode_labels
 
-    f = handle_file(layer_file(labels, folder, name))
-    return {"background": f, "layers": [f], "composite": f}
+    if not payload.get("mask"):
+        return np.zeros((payload["h"], payload["w"]), np.uint8)
+    return decode_labels(payload["mask"], (payload["h"], payload["w"]))
 
 
 def table_snapshot(url: str) -> dict[str, list[tuple]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.reliability.helpers import STUDY_CODE, client, editor_payload, val
+from tests.reliability.helpers import STUDY_CODE, client, mask_text, val
 
 PRESET = "Abdomen (400/40)"
 PASSWORD = "clinician-pw-1"
@@ -98,6 +98,7 @@ def clinician(i: int, url: str, folder: Path, seconds: float, ledger: Ledger, st
         out = c.predict(ledger.login, PASSWORD, PRESET, api_name="/study_login")
         check_images(out, ledger)
         ledger.case, ledger.z = _parse(out[1], out[2]), val(out[2])
+        aid = (out[3] or {}).get("aid")
         # bounded load after this clinician's login: at least one submitted case each, then until the
         # deadline; a hard cap stops a server that makes no progress
         deadline = time.monotonic() + seconds
@@ -109,10 +110,10 @@ def clinician(i: int, url: str, folder: Path, seconds: float, ledger: Ledger, st
             z = int(ledger.z)
             version[(k, z)] += 1
             lab = pattern(i, k, z, version[(k, z)])
-            payload = editor_payload(lab, folder, f"r{i}_{k}_{z}_{version[(k, z)]}")
+            payload = mask_text(lab)
             t0 = time.perf_counter()
             if z >= end:
-                out = c.predict(payload, PRESET, api_name="/study_submit")
+                out = c.predict(payload, aid, PRESET, api_name="/study_submit")
                 ms = (time.perf_counter() - t0) * 1000
                 check_images(out, ledger)
                 ledger.submit_ms.append(ms)
@@ -121,11 +122,12 @@ def clinician(i: int, url: str, folder: Path, seconds: float, ledger: Ledger, st
                 ledger.submitted.append(k)
                 assert "Case submitted" in out[0], out[0]
                 ledger.case, ledger.z = _parse(out[1], out[2]), val(out[2])
+                aid = (out[3] or {}).get("aid")
                 if ledger.case is None:
                     ledger.finished = "submitted" in str(out[1])
             else:
                 back = z > start and rng.random() < p_back
-                out = c.predict(payload, PRESET, api_name="/study_previous" if back else "/study_next")
+                out = c.predict(payload, aid, PRESET, api_name="/study_previous" if back else "/study_next")
                 ledger.save_ms.append((time.perf_counter() - t0) * 1000)
                 check_images(out, ledger)
                 ledger.last[(k, z)] = digest(lab)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 
-from tests.reliability.helpers import (ADMIN_PASSWORD, STUDY_CODE, cheap_argon2, client, editor_payload,
+from tests.reliability.helpers import (ADMIN_PASSWORD, STUDY_CODE, cheap_argon2, client, mask_text,
                                        make_study_db, table_snapshot)
 from tests.reliability.live import launched_app
 from tests.study.conftest import write_tiny_cohort
@@ -59,8 +59,8 @@ def _args(endpoint: dict, folder, floats: float = 1.0) -> list:
         t = p["python_type"]["type"]
         if t == "float":
             out.append(floats)
-        elif t.startswith("dict(background"):
-            out.append(editor_payload(np.ones((40, 40), np.uint8), folder, f"dummy{i}"))
+        elif p.get("label", "").startswith("Mask text"):
+            out.append(mask_text(np.ones((40, 40), np.uint8)))
         elif t.startswith("Literal["):
             first = re.findall(r"'([^']*)'", t)[0]
             out.append(int(first) if first.isdigit() else first)     # int choices are listed as strings
@@ -103,7 +103,7 @@ def test_every_study_endpoint_refuses_anonymous_and_wrong_role(env):
     r.predict(STUDY_CODE, "reader.one", "reader-pw-1", "Reader One", 1, 5.0, "surgery", api_name="/study_register")
     out = _login(r, "reader.one", "reader-pw-1")
     assert "Logged in as **reader.one**" in out[0]
-    r.predict(editor_payload(np.ones((40, 40), np.uint8), env["tmp"], "r1"), PRESET, api_name="/study_next")
+    r.predict(mask_text(np.ones((40, 40), np.uint8)), out[3]["aid"], PRESET, api_name="/study_next")
     before = table_snapshot(env["db"])
 
     messages = {}
@@ -139,8 +139,8 @@ def test_expired_and_revoked_sessions_are_refused_mid_case(env):
     eps = _study_endpoints(client(env["app"]), env["demo"])
     r = client(env["app"])
     r.predict(STUDY_CODE, "reader.two", "reader-pw-2", "Reader Two", 2, 3.0, "radiology", api_name="/study_register")
-    _login(r, "reader.two", "reader-pw-2")
-    r.predict(editor_payload(np.ones((40, 40), np.uint8), env["tmp"], "r2"), PRESET, api_name="/study_next")
+    aid = _login(r, "reader.two", "reader-pw-2")[3]["aid"]
+    r.predict(mask_text(np.ones((40, 40), np.uint8)), aid, PRESET, api_name="/study_next")
     db = Database(env["db"])
     with db.session() as s:
         uid = s.scalar(select(Clinician.id).where(Clinician.login == "reader.two"))

@@ -15,10 +15,9 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 from sqlalchemy import select
 
-from tests.reliability.helpers import (ROOT, STUDY_CODE, AppProcess, cheap_argon2, client, editor_payload,
+from tests.reliability.helpers import (ROOT, STUDY_CODE, AppProcess, cheap_argon2, client, mask_text,
                                        make_study_db, server_env, table_snapshot, val)
 from tests.reliability.soak import INFO_RE, digest, pattern
 from tests.study.conftest import write_tiny_cohort
@@ -26,16 +25,11 @@ from tests.study.conftest import write_tiny_cohort
 PRESET = "Abdomen (400/40)"
 
 
-def _labels_from_layer(editor_value: dict) -> np.ndarray:
-    """Label map shown in the editor (the server's own cache file of the first layer)."""
-    layer = editor_value["layers"][0]
-    path = layer["path"] if isinstance(layer, dict) else layer
-    rgba = np.asarray(Image.open(path).convert("RGBA"))
-    lab = np.zeros(rgba.shape[:2], np.uint8)
-    painted = rgba[..., 3] >= 64
-    lab[painted & (rgba[..., 0] > rgba[..., 2])] = 1
-    lab[painted & (rgba[..., 2] >= rgba[..., 0])] = 2
-    return lab
+def _labels_from_layer(payload: dict) -> np.ndarray:
+    """Label map shown in the contouring tool (the stored mask it was sent, exactly)."""
+    from tests.reliability.helpers import shown_labels
+
+    return shown_labels(payload)
 
 
 def _stored(db_url: str, login: str) -> dict[int, str]:
@@ -128,8 +122,6 @@ def _crash_resume_backup(url: str, tmp_path) -> None:
     cohort = write_tiny_cohort(tmp_path / "cohort", 6)
     make_study_db(url, cohort, group_sizes=(2, 2, 2), k=3)
     env = server_env(url, tmp_path / "data")
-    layers = tmp_path / "layers"
-    layers.mkdir()
 
     app = AppProcess(env, tmp_path / "app1.log").wait_ready()
     try:
@@ -139,16 +131,17 @@ def _crash_resume_backup(url: str, tmp_path) -> None:
         out = c.predict("crash.reader", "crash-pw-1", PRESET, api_name="/study_login")
         k, n, start, end = (int(g) for g in INFO_RE.search(out[1]).groups())
         z = int(val(out[2]))
+        aid = out[3]["aid"]
         assert z == start
         acked = {}
         for _ in range(3):                                   # three acknowledged saves: start..start+2
             lab = pattern(7, k, z, 1)
-            out = c.predict(editor_payload(lab, layers, f"s{z}"), PRESET, api_name="/study_next")
+            out = c.predict(mask_text(lab), aid, PRESET, api_name="/study_next")
             acked[z] = digest(lab)
             z = int(val(out[1]))
         # one more save in flight when the process dies
         inflight_z, inflight = z, pattern(7, k, z, 1)
-        job = c.submit(editor_payload(inflight, layers, f"s{z}"), PRESET, api_name="/study_next")
+        job = c.submit(mask_text(inflight), aid, PRESET, api_name="/study_next")
         time.sleep(0.05)
         app.kill9()
         try:                                                 # its outcome is unknown (reset connection)
@@ -178,14 +171,15 @@ def _crash_resume_backup(url: str, tmp_path) -> None:
         assert (k2, n2, start2, end2) == (k, n, start, end)          # the same case
         z = int(val(out[2]))
         assert z in allowed, (z, allowed)                             # at the slice they were on
-        shown = _labels_from_layer(out[3])                            # with their own mask, if saved
+        assert out[3]["aid"] == aid                                  # the same assignment
+        shown = _labels_from_layer(out[3])                            # with their own mask, exactly
         assert digest(shown) == stored.get(z, digest(np.zeros_like(shown)))
         assert f"{len(stored)} slices saved" in out[1]
         # finish the case: the submission holds the slices saved before the crash
         while z < end:
-            out = c.predict(editor_payload(pattern(7, k, z, 2), layers, f"t{z}"), PRESET, api_name="/study_next")
+            out = c.predict(mask_text(pattern(7, k, z, 2)), aid, PRESET, api_name="/study_next")
             z = int(val(out[1]))
-        out = c.predict(editor_payload(pattern(7, k, z, 2), layers, f"t{z}"), PRESET, api_name="/study_submit")
+        out = c.predict(mask_text(pattern(7, k, z, 2)), aid, PRESET, api_name="/study_submit")
         assert "Case submitted" in out[0]
 
         # backup while the server runs, then restore it as a new database
