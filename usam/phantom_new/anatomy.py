@@ -216,6 +216,24 @@ def _organs(cp: CaseParams, an: Anatomy, y_sym: float, sym_top: float) -> None:
         an.organs.append(Layer(Ellipsoid.make(cen, (ux, uy, uz), rx=o.uterus_tilt), L["uterus"]))
         for s in (-1, 1):
             an.organs.append(Layer(Ellipsoid.make((s * 52, cen[1] + 18, cen[2] + 5), (11, 8, 15)), L["ovary"]))
+    # small vessels in the mesorectum (superior rectal branches) and the pelvic fat
+    vr = np.random.default_rng(cp.seed + 11)
+    for _ in range(int(vr.integers(4, 9))):
+        ang, frac = vr.uniform(0, 2 * np.pi), vr.uniform(0.3, 0.9)
+        pts = []
+        for z in np.linspace(5, cp.rectum.length + 5, 5):
+            cx, cy, rr = rect.center(float(z))
+            rad = rr + 2 + frac * cp.rectum.meso_margin
+            a = ang + 0.01 * z
+            pts.append((cx + rad * math.cos(a), cy + 0.9 * rad * math.sin(a), float(z)))
+        an.organs.append(Layer(Tube.smooth(pts, float(vr.uniform(0.9, 1.8))),
+                               L["iliac_vein"] if vr.random() < 0.5 else L["iliac_artery"]))
+    for _ in range(int(vr.integers(3, 8))):
+        s = vr.choice([-1, 1])
+        x, y = s * vr.uniform(25, cp.pelvis.fh_x - cp.pelvis.fh_r - 20), vr.uniform(y_sym + 15, 40)
+        z0 = vr.uniform(0, cp.pelvis.fh_z + 30)
+        pts = [(x, y, z0), (x + vr.normal(0, 8), y + vr.normal(0, 8), z0 + 30), (x + vr.normal(0, 10), y + vr.normal(0, 10), z0 + 60)]
+        an.before_bones.append(Layer(Tube.smooth(pts, float(vr.uniform(1.0, 2.5))), L["iliac_vein"], only_inner=True))
     for (z, ang, dist, r) in cp.rectum.nodes:
         cx, cy, rr = rect.center(z)
         rad = rr + dist + r
