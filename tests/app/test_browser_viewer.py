@@ -134,6 +134,7 @@ def test_zoom_pan_persist_and_clicks_map_exactly(browser, live_app):  # noqa: F8
     time.sleep(0.4)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "viewer_zoom_pan.png"), full_page=False)
+    page.locator("#usam-viewer").screenshot(path=str(ARTIFACTS / "viewer_zoomed.png"))  # docs/images/ copy
 
     # Fit restores the whole slice
     page.locator("#usam-viewer .uv-fit").click()
