@@ -39,13 +39,15 @@ from usam.errors import VolumeError
 
 log = logging.getLogger("usam.volumes")
 
+# Library defaults: for the operator's own files (CLI, training data, the study cohort). The app
+# reads visitors' uploads under its much smaller AppLimits (app/context.py, README "Limits").
 MAX_FILE_BYTES = 1 << 30          # 1 GiB on disk, checked before reading
-MAX_UNZIPPED_BYTES = 1 << 30      # sum of uncompressed zip members (zip bombs)
+MAX_UNZIPPED_BYTES = 2 << 30      # sum of uncompressed zip members (zip bombs)
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_RATIO = 200               # per-member uncompressed / compressed size
 MAX_ZIP_TOTAL_RATIO = 100         # whole archive: uncompressed / zip file size
-MAX_VOXELS = 1 << 27              # 134 M voxels (512^3)
-MAX_DECODE_BYTES = 512 << 20      # what a read may allocate: the file's dtype + float32, per voxel
+MAX_VOXELS = 1 << 29              # 537 M voxels
+MAX_DECODE_BYTES = 4 << 30        # what a read may allocate: the file's dtype + float32, per voxel
 MAX_AXIS = 4096
 MIN_INPLANE = 8                   # smaller axial slices are not a CT volume
 SPACING_RANGE_MM = (0.01, 50.0)

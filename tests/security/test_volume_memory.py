@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from usam.errors import VolumeError
+from app.context import AppLimits
 from usam.volumes import DEFAULT_LIMITS, VolumeLimits, decode_bytes, read_volume
 
 MB = 1 << 20
+APP = AppLimits().volume_limits()     # what the app reads uploads under (README "Limits")
 
 
 def peak_of(fn, *a, **k):
@@ -56,10 +58,14 @@ def zeros_512(tmp_path_factory) -> Path:
 
 def test_gzip_nifti_of_512_cubed_refused_from_its_header(zeros_512):
     assert zeros_512.stat().st_size < 200_000
-    out, peak = peak_of(read_volume, zeros_512)
+    out, peak = peak_of(read_volume, zeros_512, limits=APP)
     assert isinstance(out, VolumeError), out
-    assert "memory" in str(out) and "512 × 512 × 512" in str(out), str(out)
+    assert "too large" in str(out) and "(512, 512, 512)" in str(out), str(out)
     assert peak < 4 * MB, f"peak {peak / MB:.1f} MiB while refusing"
+    # the memory rule alone (no voxel cap) refuses it too: 512^3 x (1 + 4) bytes > 512 MiB
+    out, peak = peak_of(read_volume, zeros_512, limits=VolumeLimits(max_decode_bytes=512 * MB))
+    assert isinstance(out, VolumeError) and "memory" in str(out) and "512 × 512 × 512" in str(out), out
+    assert peak < 4 * MB
 
 
 def test_voxel_cap_refuses_before_reading(zeros_512):
@@ -109,7 +115,7 @@ def test_zip_of_300_one_mib_members_refused_with_nothing_written(tmp_path, monke
     assert p.stat().st_size < 400_000
     extracted = tmp_path / "extracted"
     monkeypatch.setattr(V.tempfile, "TemporaryDirectory", lambda **k: _kept_dir(extracted))
-    out, peak = peak_of(read_volume, p)
+    out, peak = peak_of(read_volume, p, limits=APP)
     assert isinstance(out, VolumeError) and "zip bomb" in str(out), out
     assert _written(extracted) == 0 and peak < 8 * MB
     # without the ratio rule the total cap (from the central directory) refuses it, still before writing
@@ -158,5 +164,9 @@ def test_dicom_series_size_checked_from_the_first_header(tmp_path, monkeypatch):
 
 
 def test_default_limits_are_the_documented_ones():
-    assert DEFAULT_LIMITS.max_voxels == 1 << 27 and DEFAULT_LIMITS.max_decode_bytes == 512 * MB
-    assert DEFAULT_LIMITS.max_unzipped_bytes == 1 << 30 and DEFAULT_LIMITS.max_zip_members == 5000
+    """README "Limits": the app's (uploads) and the library's (the operator's own files)."""
+    assert (APP.max_file_bytes, APP.max_decode_bytes, APP.max_unzipped_bytes, APP.max_zip_members) == \
+        (1 << 30, 512 * MB, 1 << 30, 5000)
+    assert APP.max_voxels == min(1 << 27, 512 * MB // 6)
+    assert DEFAULT_LIMITS.max_voxels == 1 << 29 and DEFAULT_LIMITS.max_decode_bytes == 4 << 30
+    assert DEFAULT_LIMITS.max_unzipped_bytes == 2 << 30 and DEFAULT_LIMITS.max_zip_members == 5000
