@@ -49,17 +49,19 @@ def encode_images(model: InferenceModel, images: torch.Tensor, amp: bool | None 
 
 
 def predict_logits(model: InferenceModel, features: ImageFeatures, prompts: Sequence[Prompts | None] | None = None,
-                   rules: tuple[bool, bool, bool] | str = NO_RULES, amp: bool | None = None) -> torch.Tensor:
+                   rules: tuple[bool, bool, bool] | str = NO_RULES, amp: bool | None = None,
+                   **inputs: Any) -> torch.Tensor:
     """The one decode: features + one model-frame Prompts (or None) per image -> float32 logits (B, K, 224, 224).
 
     `rules` (usam.prompt_rules: parse_rules' tuple or its text) constrain the logits to what the
-    prompts state; off unless asked for. amp: bf16 autocast (None: on CUDA).
+    prompts state; off unless asked for. amp: bf16 autocast (None: on CUDA). `inputs`: further
+    per-call inputs of Usam.decode, passed to either model unchanged.
     """
     if isinstance(rules, str):
         rules = parse_rules(rules)
     plist = [None] * len(features) if prompts is None else list(prompts)
     with torch.inference_mode(), _autocast(features.embedding.device, amp):
-        logits = model.decode(features, plist).float()
+        logits = model.decode(features, plist, **inputs).float()
     if any(rules):
         logits = apply_prompt_rules(logits, plist, *rules)
     return logits

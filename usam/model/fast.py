@@ -28,6 +28,8 @@ docs/BENCHMARKS.md; CUDA autocast is the caller's (usam.predictor).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -268,12 +270,16 @@ class FastUsam(nn.Module):
                                                self.hypernetworks, self.head)
 
     @torch.inference_mode()
-    def decode(self, features: ImageFeatures, prompts: list[Prompts | None] | None = None) -> torch.Tensor:
-        """Usam.decode through the derived decoder; features must come from this model's encode."""
+    def decode(self, features: ImageFeatures, prompts: list[Prompts | None] | None = None,
+               **inputs: Any) -> torch.Tensor:
+        """Usam.decode through the derived decoder; features must come from this model's encode.
+
+        `inputs`: Usam.decode's other per-call inputs, passed through unchanged (so a new decoder
+        input is added to Usam.decode alone)."""
         self._check_mode()
         if not features.skip_parts:
             raise UsamError("these features hold raw skips: decode features encoded by this FastUsam")
-        return self.model.decode(features, prompts, mask_decoder=self.mask_decoder)
+        return self.model.decode(features, prompts, mask_decoder=self.mask_decoder, **inputs)
 
     def forward(self, images: torch.Tensor, prompts: list[Prompts | None] | None = None) -> torch.Tensor:
         """decode(encode(images), prompts)."""
