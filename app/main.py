@@ -124,7 +124,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                           min_width=70, elem_id="usam-win-w")
                         win_l = gr.Number(WINDOW_PRESETS[DEFAULT_PRESET][1], label="L (HU)", scale=1, min_width=70,
                                           elem_id="usam-win-l")
-                        win_btn = gr.Button("Apply W/L", size="sm", scale=0, min_width=80, elem_id="usam-win-apply")
+                        win_btn = gr.Button("Apply W/L", size="sm", scale=0, min_width=80, elem_id="usam-win-apply",
+                                            elem_classes=["usam-btn"])
                     with gr.Row(equal_height=True):
                         opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Overlay opacity", scale=2,
                                             min_width=200, elem_id="usam-opacity")

@@ -221,7 +221,8 @@ function draw() {
 }
 function hud() {
   // the label is the drawn image's own slice: it can never disagree with the picture
-  element.querySelector('.uv-tl').innerHTML = 'Axial <b>' + data.z + '</b> / ' + (data.nz - 1) +
+  // slice indices run 0..nz-1: say so, as the status line does ("53 / 100" read as 100 slices)
+  element.querySelector('.uv-tl').innerHTML = 'Axial <b>' + data.z + '</b> · slices 0–' + (data.nz - 1) +
     '<br>W ' + Math.round(data.window[0]) + ' · L ' + Math.round(data.window[1]);
   element.querySelector('.uv-tr').innerHTML = (data.locked ? '<span class="uv-lock">CORRECTED · LOCKED</span><br>' : '') +
     (data.mode === 'box' ? 'Box mode' : (data.mode === 'neg' ? 'Negative point' : 'Positive point')) +

@@ -209,3 +209,43 @@ def test_preset_radio_follows_manual_window_and_reapplies(browser, live_app):  #
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "viewer_presets.png"), full_page=True)
     page.close()
+
+
+def test_ood_notice_beside_whole_volume_and_results(browser, live_app, tmp_path):  # noqa: F811
+    """A normalised (0..1) image uploaded as CT: the whole-volume summary and the Results tab say it is unlike
+    the training data; a demo phantom shows no notice."""
+    import numpy as np
+
+    from app.handlers import demo_case
+    from usam.volumes import Volume, write_volume
+
+    url, _ = live_app
+    c = demo_case(0, "small")
+    a = np.asarray(c.volume.array, np.float32)
+    path = tmp_path / "normalised_ct.nii.gz"
+    write_volume(Volume(array=(a - a.min()) / (a.max() - a.min()), spacing=c.volume.spacing,
+                        affine=c.volume.affine, source={}), path)
+    page = _open(browser, url)
+    page.get_by_role("tab", name="Results & export").click()
+    page.wait_for_function("() => document.querySelector('#usam-measurements').innerText.includes('Tumor volume')",
+                           timeout=120_000)
+    assert "Unlike the training data" not in page.locator("#usam-ood-results").inner_text()
+    page.get_by_role("tab", name="Segment").click()
+    with page.expect_file_chooser() as fc:
+        page.locator("#usam-upload").click()
+    fc.value.set_files(str(path))
+    page.wait_for_function("() => document.querySelector('#usam-volinfo').innerText.includes('128 × 128')",
+                           timeout=120_000)
+    page.get_by_role("button", name="Segment range").click()
+    page.wait_for_function("() => document.querySelector('#usam-batch-info').innerText.includes('Segmented')",
+                           timeout=300_000)
+    batch = page.locator("#usam-batch-info .usam-ood")
+    assert "Unlike the training data" in batch.inner_text() and "span only 0 to 1" in batch.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#usam-batch-info").screenshot(path=str(ARTIFACTS / "ood_whole_volume.png"))
+    page.get_by_role("tab", name="Results & export").click()
+    page.wait_for_function("() => document.querySelector('#usam-ood-results').innerText.includes('Unlike')",
+                           timeout=120_000)
+    assert "these measurements" in page.locator("#usam-ood-results").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "ood_results.png"), full_page=False)
+    page.close()
