@@ -304,15 +304,16 @@ class Callbacks:
             log.warning("uncertainty sampling failed:\n%s", traceback.format_exc())
         s.__dict__["_ood_model"] = ood.uncertainty_findings(ood.uncertainty_stats(probs))
 
-    def ood_findings(self, s: Session) -> list[ood.Finding]:
-        """Why the current results may be unlike the training data: volume, model uncertainty, measurements."""
+    def ood_findings(self, s: Session, m: dict | None = None) -> list[ood.Finding]:
+        """Why the current results may be unlike the training data: volume, model uncertainty, measurements
+        (m: H.results(s) when the caller has it already)."""
         cache = s.__dict__.setdefault("_ood_volume", {})
         if s.volume_hash not in cache:
             cache.clear()
             cache[s.volume_hash] = ood.volume_findings(np.asarray(s.volume.array), s.volume.spacing)
         sp = tuple(float(t) for t in s.volume.spacing)
         return (cache[s.volume_hash] + list(s.__dict__.get("_ood_model", []))
-                + ood.measurement_findings(H.results(s), s.labels, sp))
+                + ood.measurement_findings(H.results(s) if m is None else m, s.labels, sp))
 
     @guard
     def propagate_box(self, s: Session | None, start: float, end: float, progress=gr.Progress()):
@@ -356,7 +357,7 @@ class Callbacks:
         sp = tuple(float(t) for t in s.volume.spacing)
         return (s, measure.measurement_rows(m), measure.area_figure(s.labels, sp, s.z),
                 measure.surface_figure(s.labels, sp),
-                ood.notice_html(self.ood_findings(s), "these measurements"))
+                ood.notice_html(self.ood_findings(s, m), "these measurements"))
 
     @guard
     def export_nifti(self, s: Session | None):
