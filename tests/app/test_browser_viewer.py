@@ -136,9 +136,19 @@ def test_zoom_pan_persist_and_clicks_map_exactly(browser, live_app):  # noqa: F8
     page.screenshot(path=str(ARTIFACTS / "viewer_zoom_pan.png"), full_page=False)
     page.locator("#usam-viewer").screenshot(path=str(ARTIFACTS / "viewer_zoomed.png"))  # docs/images/ copy
 
-    # Fit restores the whole slice
+    # Fit restores the whole slice, and a click still lands on its pixel there
     page.locator("#usam-viewer .uv-fit").click()
-    assert page.evaluate(VIEW)["k"] == 1
+    v5 = page.evaluate(VIEW)
+    assert (v5["k"], v5["ox"], v5["oy"]) == (1, 0, 0)
+    _, _, fx2, fy2 = _ring_target(z, ctx.config.demo_size)
+    px2, py2 = fx2 * st["nx"] - 0.5, fy2 * st["ny"] - 0.5
+    page.mouse.click(box["x"] + (px2 + 0.5) / st["nx"] * box["width"],
+                     box["y"] + (py2 + 0.5) / st["ny"] * box["height"])
+    page.wait_for_function("() => document.querySelector('#usam-status').innerText.includes('2 prompts')",
+                           timeout=120_000)
+    x2, y2 = page.evaluate(STATE)["points"][-1][:2]
+    tol1 = 0.5 * st["nx"] / box["width"] + 1e-6
+    assert abs(x2 - px2) <= tol1 and abs(y2 - py2) <= tol1, (x2, y2, px2, py2, tol1)
     page.close()
 
 
@@ -169,6 +179,13 @@ def test_held_arrow_key_ends_consistent_without_a_click(browser, live_app):  # n
         page.keyboard.press("PageDown")
     shown = _settle(page, max(want - 30, 0))
     assert shown["label"] == shown["slider"] == max(want - 30, 0)
+    # focus elsewhere (the W box), then a click on the viewer's frame (a thumbnail): the keys are
+    # the viewer's again, and no point is placed
+    page.locator("#usam-win-w input").click()
+    page.locator("#usam-viewer .uv-sag").click()
+    page.keyboard.press("ArrowUp")
+    shown = _settle(page, max(want - 30, 0) + 1)
+    assert shown["label"] == shown["slider"] == max(want - 30, 0) + 1 and "0 prompts" in shown["status"]
     page.close()
 
 
