@@ -111,8 +111,8 @@ CONTOUR_CSS = """
 .uc-root.busy .uc-busy { display: block; }
 .uc-msg { position: absolute; top: 34px; left: 50%; transform: translateX(-50%); background: rgba(15,23,42,.9);
   color: white; font-size: 12px; padding: 3px 10px; border-radius: 8px; display: none; pointer-events: none; }
-.uc-strip { display: flex; gap: 2px; flex-wrap: wrap; }
-.uc-cell { min-width: 26px; height: 22px; font-size: 11px; line-height: 20px; text-align: center; border-radius: 4px;
+.uc-strip { display: flex; gap: 2px; }
+.uc-cell { flex: 1 1 0; min-width: 6px; max-width: 34px; height: 22px; overflow: hidden; font-size: 11px; line-height: 20px; text-align: center; border-radius: 4px;
   cursor: pointer; border: 1px solid #64748b; color: var(--body-text-color); font-variant-numeric: tabular-nums; }
 .uc-cell.saved { background: #16a34a; border-color: #15803d; color: white; }
 .uc-cell.nothing { background: #94a3b8; border-color: #64748b; color: #0f172a; }
@@ -280,7 +280,7 @@ function buildStrip() {
     const z = data.start + i;
     const c = document.createElement('div');
     c.className = 'uc-cell ' + st + (z === data.z ? ' here' : '');
-    c.dataset.z = z; c.dataset.state = st; c.textContent = z;
+    c.dataset.z = z; c.dataset.state = st; c.textContent = data.strip.length <= 40 ? z : '';
     c.title = 'Slice ' + z + ': ' + (st === 'nothing' ? 'nothing on this slice' : st);
     c.addEventListener('click', function () { go('goto', {target: z}); });
     strip.appendChild(c);
