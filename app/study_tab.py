@@ -58,8 +58,9 @@ def grey_rgb(hu: np.ndarray, preset: str | None) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=2)
 
 
-def _err(fn: Callable) -> Callable:
-    """Study errors -> a clear message in the page; other failures logged without arguments."""
+def _err(fn: Callable, scrub: list | None = None) -> Callable:
+    """Study errors -> a clear message in the page; other failures logged without arguments.
+    `scrub`: password boxes whose copy Gradio keeps of the session's last input is emptied."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -78,7 +79,7 @@ def _err(fn: Callable) -> Callable:
     # through _err (E) checks it (study.auth.resolve_token), see app/security.with_browser
     from app.security import with_browser
 
-    return with_browser(wrapper)
+    return with_browser(wrapper, scrub)
 
 
 def _click_xy(index: Any, hw: tuple[int, int]) -> tuple[float, float]:
@@ -327,8 +328,10 @@ def _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, se
     last input values), and the login / register forms folded away while logged in."""
     private = dict(api_visibility="private", show_progress="hidden")
     boxes = [account_box, session_box]
-    login_ev.then(lambda: gr.update(value=""), None, [pw_in], **private)
-    reg_ev.then(lambda: gr.update(value=""), None, [rpw_in], **private)
+    for ev, box in ((login_ev, pw_in), (reg_ev, rpw_in)):   # Gradio 6 runs .then only after a success
+        # a plain "" (not gr.update(value="")): Gradio 6.31 then also overwrites its stored copy
+        ev.then(lambda: "", None, [box], **private)
+        ev.failure(lambda: "", None, [box], **private)
     login_ev.success(lambda: (gr.update(visible=False), gr.update(visible=True)), None, boxes, **private)
     logout_ev.success(lambda: (gr.update(visible=True), gr.update(visible=False)), None, boxes, **private)
 
@@ -422,9 +425,9 @@ def build_study_tab(ctx: Any) -> StudyTab:
         a_status = gr.Markdown()
 
     CASE = [info, zs, contour, prompt_img, prompt_info]
-    reg_ev = reg_btn.click(E(tab.register), [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in],
+    reg_ev = reg_btn.click(E(tab.register, [rpw_in]), [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in],
                            [status], api_name="study_register")
-    login_ev = login_btn.click(E(tab.login), [login_in, pw_in, preset],
+    login_ev = login_btn.click(E(tab.login, [pw_in]), [login_in, pw_in, preset],
                                [token, cur, status, reader_panel, admin_panel] + CASE, api_name="study_login")
     logout_ev = logout_btn.click(E(tab.logout), [token], [token, cur, status, reader_panel, admin_panel] + CASE,
                                  api_name="study_logout")
