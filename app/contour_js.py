@@ -146,7 +146,7 @@ const COLORS = {1: [230, 40, 40], 2: [40, 110, 255]};
 let data = null, img = null, labels = null, dirty = false, busy = false, busyTimer = null;
 let tool = 'brush', cls = 1, alpha = 0.5;
 let view = {k: 1, ox: 0, oy: 0, fitted: false}, cw = 1, ch = 1;
-let hist = {};                 // z -> {undo: [Uint8Array], redo: []}
+let hist = new Map();          // z -> {undo: [Uint8Array], redo: []}, insertion order
 let contours = [], open = null, stroke = null, panning = null, spaceDown = false, hover = null;
 const mcan = document.createElement('canvas');
 const mg = mcan.getContext('2d');
@@ -265,7 +265,7 @@ function hud() {
   root.querySelectorAll('[data-tool]').forEach(function (b) { b.classList.toggle('on', b.dataset.tool === tool); });
   root.querySelector('.uc-cls1').classList.toggle('on', cls === 1);
   root.querySelector('.uc-cls2').classList.toggle('on', cls === 2);
-  const h = hist[data.z];
+  const h = hist.get(data.z);
   root.querySelector('[data-act=undo]').disabled = !(h && h.undo.length);
   root.querySelector('[data-act=redo]').disabled = !(h && h.redo.length);
   root.classList.toggle('interp', data.source === 'interpolated' && !dirty);
@@ -287,7 +287,14 @@ function buildStrip() {
   });
 }
 // ---- editing
-function H() { if (!hist[data.z]) hist[data.z] = {undo: [], redo: []}; return hist[data.z]; }
+// undo history of the last few slices visited (40 steps each): bounded browser memory
+function H() {
+  if (!hist.has(data.z)) {
+    hist.set(data.z, {undo: [], redo: []});
+    if (hist.size > 8) hist.delete(hist.keys().next().value);      // the slice visited longest ago
+  }
+  return hist.get(data.z);
+}
 function snapshot() {
   const h = H(); h.undo.push(labels.slice()); if (h.undo.length > 40) h.undo.shift(); h.redo = [];
 }
@@ -411,7 +418,7 @@ async function update() {
   const prev = data;
   data = v; img = im;
   mcan.width = v.w; mcan.height = v.h;
-  if (newCase) { hist = {}; contours = []; open = null; }
+  if (newCase) { hist = new Map(); contours = []; open = null; }
   if (v.mask_mode === 'keep' && sameSlice && labels) {
     // same slice, new window: the reader's strokes stay
   } else if (v.mask_mode === 'draft' && sameSlice && labels) {

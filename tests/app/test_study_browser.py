@@ -179,6 +179,13 @@ def test_brush_polygon_zoom_pan_and_resume_in_a_new_context(app, browser):
     page.keyboard.press("Control+y")
     assert np.array_equal(_labels(page), painted)
 
+    # another window preset: a new image, the unsaved strokes stay
+    before = _data(page)["slice"]
+    page.locator("[role=tabpanel]:visible").get_by_label("Bone (1800/400)").check()   # the study tab's
+    page.wait_for_function(f"([b]) => {HOOK}.data().slice !== b", arg=[before], timeout=60_000)
+    assert np.array_equal(_labels(page), painted) and page.evaluate(f"() => {HOOK}.dirty()")
+    page.locator("#study-contour .uc-root").focus()
+
     # zoom (button and ctrl+wheel) and pan (space + drag)
     v0 = page.evaluate(f"() => {HOOK}.view()")
     _act(page, "zin")
