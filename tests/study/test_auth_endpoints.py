@@ -128,8 +128,9 @@ def test_every_study_endpoint_refuses_anonymous_and_wrong_role(env):
                  "/study_copy_previous", "/study_run_model"):
         _refused(a, name, _args(eps[name], env["tmp"]))
     after_admin = table_snapshot(env["db"])
-    assert {k: v for k, v in after_admin.items() if k not in ("audit_log", "auth_sessions", "login_attempts")} == \
-        {k: v for k, v in before.items() if k not in ("audit_log", "auth_sessions", "login_attempts")}
+    logins = ("audit_log", "auth_sessions", "login_attempts", "login_throttle")
+    assert {k: v for k, v in after_admin.items() if k not in logins} == \
+        {k: v for k, v in before.items() if k not in logins}
 
 
 def test_expired_and_revoked_sessions_are_refused_mid_case(env):
@@ -197,13 +198,15 @@ def test_no_password_or_token_in_logs_responses_or_database(env, caplog, capfd):
     assert len(hashes) >= 2
 
 
-def test_login_rate_limited_per_user_and_per_address_through_the_api(env):
+def test_login_throttled_per_user_and_address_and_per_address_through_the_api(env):
+    """Guesses throttle the guesser's (login, address) and address, never the owner elsewhere
+    (the attacks themselves: tests/security/test_accounts.py)."""
     from gradio_client.exceptions import AppError
 
-    from study import auth
+    from study import throttle
     from study.db import Database
     from study.errors import RateLimited
-    from study.models import LoginAttempt
+    from study.models import LoginAttempt, LoginThrottle
 
     svc = env["svc"]
 
@@ -211,24 +214,29 @@ def test_login_rate_limited_per_user_and_per_address_through_the_api(env):
         db = Database(env["db"])
         with db.session() as s:
             s.query(LoginAttempt).delete()
+            s.query(LoginThrottle).delete()
         db.dispose()
 
     clear_attempts()              # earlier tests' failures from 127.0.0.1 count too (as they should)
+    limit = throttle.ADDRESS_LIMIT
     try:
         c = client(env["app"])
         c.predict(STUDY_CODE, "reader.four", "reader-pw-4", "Reader Four", 1, 1.0, "", api_name="/study_register")
-        # per user, from changing addresses (service level: the API always sees 127.0.0.1)
-        for i in range(auth.MAX_FAILURES):
+        # per (login, address): the guesser's address waits, the owner's does not
+        for i in range(throttle.FREE_FAILURES):
             with pytest.raises(Exception, match="Wrong login or password"):
-                svc.login("reader.four", "bad-password", address=f"10.1.0.{i}")
+                svc.login("reader.four", "bad-password", address="10.1.0.1")
         with pytest.raises(RateLimited):
-            svc.login("reader.four", "reader-pw-4", address="10.9.9.9")
+            svc.login("reader.four", "reader-pw-4", address="10.1.0.1")
+        assert svc.login("reader.four", "reader-pw-4", address="10.9.9.9")
         # per address, over different logins, through the API
-        for i in range(auth.MAX_FAILURES):
+        throttle.ADDRESS_LIMIT = 5
+        for i in range(5):
             with pytest.raises(AppError, match="Wrong login or password"):
                 _login(c, f"nobody{i}", "bad-password")
         with pytest.raises(AppError, match="Too many failed logins"):
-            _login(c, "admin", ADMIN_PASSWORD)               # correct, but this address is locked out
+            _login(c, "admin", ADMIN_PASSWORD)               # correct, but this address waits
         assert svc.login("admin", ADMIN_PASSWORD, address="10.2.2.2")   # another address still may
     finally:
+        throttle.ADDRESS_LIMIT = limit
         clear_attempts()
