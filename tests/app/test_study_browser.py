@@ -213,6 +213,12 @@ def test_brush_polygon_zoom_pan_and_resume_in_a_new_context(app, browser):
     assert page.evaluate(f"() => {HOOK}.view()") == v2
     stored = _stored(svc, "painter")
     assert np.array_equal(stored[START][0], painted) and stored[START][1] == "manual"
+    # copy from the previous slice: an undoable draft of START's saved mask
+    page.keyboard.press("c")
+    page.wait_for_function(f"() => {HOOK}.dirty() && !{HOOK}.busy()", timeout=60_000)
+    assert np.array_equal(_labels(page), painted)
+    page.keyboard.press("Control+z")
+    assert not _labels(page).any()
     # slice START+1: a tumor dab, then go to START+3 through the strip (saved as edited)
     page.keyboard.press("b")
     page.keyboard.press("2")
