@@ -38,7 +38,15 @@ def app(tmp_path_factory):
     svc, admin, code, sid = make_study(tmp, write_tiny_cohort(tmp / "cohort"))
     from app.main import build_app, launch_kwargs
 
-    ctx = _Ctx(_port(), svc)
+    from tests.app.conftest import FakePredictor
+
+    class Ctx(_Ctx):
+        """The test study's context with the fake predictor: the Segment tab loads without errors."""
+
+        def new_predictor(self, volume):
+            return FakePredictor(volume)
+
+    ctx = Ctx(_port(), svc)
     demo = for_tests(build_app(ctx))
     demo.queue(default_concurrency_limit=4)
     kw = launch_kwargs(ctx)
