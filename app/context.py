@@ -41,6 +41,7 @@ class AppLimits:
     max_upload_mb: int = 1024          # one uploaded file (Gradio's max_file_size as well)
     max_voxels: int = 1 << 27          # one volume (512^3)
     session_memory_mb: int = 512       # what one session's volume may need: reading it and keeping it
+    total_memory_mb: int = 4096        # what all open sessions of the process may hold together
     max_unzipped_mb: int = 1024        # total bytes a zip may extract (also at most session_memory_mb)
     max_zip_members: int = 5000
     max_points_per_slice: int = 64     # prompts on one slice
@@ -54,11 +55,12 @@ class AppLimits:
         """The per-session memory budget in bytes."""
         return int(self.session_memory_mb) << 20
 
-    def volume_limits(self) -> Any:
-        """usam.volumes.VolumeLimits for reading one upload under these limits."""
+    def volume_limits(self, budget: int | None = None) -> Any:
+        """usam.volumes.VolumeLimits for reading one upload under these limits (budget: bytes granted,
+        at most the session budget)."""
         from usam.volumes import VolumeLimits
 
-        budget = self.session_memory_bytes
+        budget = self.session_memory_bytes if budget is None else min(int(budget), self.session_memory_bytes)
         return VolumeLimits(max_file_bytes=int(self.max_upload_mb) << 20,
                             max_voxels=min(int(self.max_voxels), budget // SESSION_BYTES_PER_VOXEL),
                             max_decode_bytes=budget, max_unzipped_bytes=int(self.max_unzipped_mb) << 20,
@@ -67,7 +69,8 @@ class AppLimits:
 
 # AppLimits field -> environment variable read by parse_config
 LIMIT_ENV = {"max_upload_mb": "USAM_MAX_UPLOAD_MB", "max_voxels": "USAM_MAX_VOXELS",
-             "session_memory_mb": "USAM_SESSION_MEMORY_MB", "max_unzipped_mb": "USAM_MAX_UNZIPPED_MB",
+             "session_memory_mb": "USAM_SESSION_MEMORY_MB", "total_memory_mb": "USAM_TOTAL_MEMORY_MB",
+             "max_unzipped_mb": "USAM_MAX_UNZIPPED_MB",
              "max_zip_members": "USAM_MAX_ZIP_MEMBERS", "max_points_per_slice": "USAM_MAX_POINTS_PER_SLICE",
              "max_history": "USAM_MAX_HISTORY", "max_history_mb": "USAM_MAX_HISTORY_MB",
              "max_replay_actions": "USAM_MAX_REPLAY_ACTIONS", "max_session_file_kb": "USAM_MAX_SESSION_FILE_KB"}

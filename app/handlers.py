@@ -1,14 +1,17 @@
 """What every UI event does, as plain functions on a Session (no Gradio; the UI and the bench call these)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import math
 import re
+import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,6 +86,35 @@ def check_session_memory(ctx: AppContext, shape: tuple[int, ...]) -> None:
                           f"over this server's limit of {lim.session_memory_mb} MiB")
 
 
+# every session of this process, for the process-wide memory budget (AppLimits.total_memory_mb)
+_LIVE: "weakref.WeakValueDictionary[int, Session]" = weakref.WeakValueDictionary()   # id -> session
+_MEMORY_LOCK = threading.Lock()
+_RESERVED = [0]          # bytes granted to reads in progress
+
+
+def live_session_bytes() -> int:
+    """Bytes held by the open sessions of this process (closed ones count 0)."""
+    return sum(s.held_bytes() for s in list(_LIVE.values()))
+
+
+@contextlib.contextmanager
+def _memory_grant(ctx: AppContext):
+    """Bytes one upload may use: the session budget, or less when the open sessions hold most of
+    the process budget; refused when too little is left (other visitors' volumes are not evicted)."""
+    lim = _limits(ctx)
+    with _MEMORY_LOCK:
+        free = (int(lim.total_memory_mb) << 20) - live_session_bytes() - _RESERVED[0]
+        grant = min(lim.session_memory_bytes, free)
+        if grant < min(64 << 20, lim.session_memory_bytes):
+            raise VolumeError("the server holds too many volumes right now: try again in a few minutes")
+        _RESERVED[0] += grant
+    try:
+        yield grant
+    finally:
+        with _MEMORY_LOCK:
+            _RESERVED[0] -= grant
+
+
 def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndarray | None = None,
                   is_upload: bool = False) -> Session:
     """A fresh session on a volume: empty label map, new predictor, viewer on the middle slice."""
@@ -104,6 +136,7 @@ def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndar
         s.z = arr.shape[0] // 2
     s.cross_xy = (arr.shape[2] // 2, arr.shape[1] // 2)
     s.actions.append({"op": "load", "volume_hash": s.volume_hash})
+    _LIVE[id(s)] = s
     return s
 
 
@@ -137,16 +170,18 @@ def load_file(ctx: AppContext, path: str | Path, delete_after: bool = True) -> S
 
     path = Path(path)
     try:
-        volume = read_volume(path, limits=_limits(ctx).volume_limits())
-    except UsamError:
-        raise
-    except Exception as exc:  # a reader library's own error: say what the user can do; the log gets the rest
-        log.warning("reading an upload failed:\n%s", traceback.format_exc())
-        raise VolumeError(f"could not read {upload_name(path)!r} as NIfTI, zipped DICOM or NRRD") from exc
+        with _memory_grant(ctx) as grant:
+            try:
+                volume = read_volume(path, limits=_limits(ctx).volume_limits(grant))
+            except UsamError:
+                raise
+            except Exception as exc:  # a reader library's own error: say what the user can do; the log gets the rest
+                log.warning("reading an upload failed:\n%s", traceback.format_exc())
+                raise VolumeError(f"could not read {upload_name(path)!r} as NIfTI, zipped DICOM or NRRD") from exc
+            return start_session(ctx, volume, upload_name(path), is_upload=True)
     finally:
         if delete_after:
             path.unlink(missing_ok=True)  # privacy: no copy of the upload outlives the read
-    return start_session(ctx, volume, upload_name(path), is_upload=True)
 
 
 def _md(text: str) -> str:

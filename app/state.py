@@ -166,6 +166,7 @@ class Session:
     max_points: int = 64                  # prompts per slice (AppLimits.max_points_per_slice)
     max_history_bytes: int = 32 << 20     # undo states of the whole session (AppLimits.max_history_mb)
     _tmpdir: Path | None = None
+    closed: bool = False                  # close() ran: files deleted, memory no longer counted
     lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)  # one event at a time
 
     @property
@@ -190,6 +191,18 @@ class Session:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
         self.predictor = None
+        self.closed = True
+
+    def held_bytes(self) -> int:
+        """Bytes of arrays this session alone holds (an uploaded volume, label map, reference, history)."""
+        if self.closed:
+            return 0
+        n = self.labels.nbytes + self.history_bytes()
+        if self.is_upload:
+            n += int(getattr(self.volume.array, "nbytes", 0))
+        if self.reference is not None and self.reference is not self.ground_truth:
+            n += self.reference.nbytes
+        return n
 
     # --- per-slice history -------------------------------------------------------------
     def history(self, z: int) -> SliceHistory:

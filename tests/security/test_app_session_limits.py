@@ -235,3 +235,27 @@ def test_page_upload_gives_one_message_and_changes_nothing(fake_ctx, fake_sessio
     assert len(out) == 20
     assert all(isinstance(o, dict) and o.get("__type__") == "update" and len(o) == 1 for o in out[:-1]), out[:-1]
     assert out[-1].startswith("⚠ **Not loaded:**") and "broken.nii.gz" in out[-1]
+
+
+def test_process_memory_budget_refuses_new_uploads_until_sessions_close(tmp_path):
+    """Many visitors' sessions together stay within USAM_TOTAL_MEMORY_MB: an upload that would
+    exceed it is refused (other visitors' volumes are never evicted) until sessions close."""
+    import gc
+
+    import nibabel as nib
+
+    gc.collect()
+    base = H.live_session_bytes()
+    ctx = ctx_with(session_memory_mb=64, total_memory_mb=(base >> 20) + 100)
+    p = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((256, 256, 96), np.int16), np.diag([-0.8, -0.8, 2.5, 1])), str(p))
+    first = H.load_file(ctx, p, delete_after=False)            # 6.3 M voxels: 25 MiB volume + 6 MiB labels
+    second = H.load_file(ctx, p, delete_after=False)
+    assert H.live_session_bytes() - base >= 2 * (first.volume.array.nbytes + first.labels.nbytes)
+    with pytest.raises(VolumeError, match="too many volumes|memory|too large"):
+        H.load_file(ctx, p, delete_after=False)
+    first.close()
+    third = H.load_file(ctx, p, delete_after=False)             # room again once a session closed
+    for s in (second, third):
+        s.close()
+    assert H.live_session_bytes() <= base
