@@ -39,6 +39,8 @@ def run(cases: int = 2, steps: int = 60, size: str = "full", folder: Path | None
     cohort = tmp / f"cohort_{size}_{cases}"
     if not (cohort / "manifest.json").exists():
         generate_cohort(cohort, cases=cases, seed=11, size=size)
+    for f in tmp.glob("bench.db*"):                   # a fresh study each run (the cohort is kept)
+        f.unlink()
     db = Database(f"sqlite:///{tmp / 'bench.db'}")
     db.migrate()
     with db.session() as s:
