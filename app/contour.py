@@ -113,8 +113,9 @@ class ContourHandlers:
         """CASE outputs: info, slice number, contour payload, prompt image, prompt text."""
         sv = self.svc.get_slice(token, cur["aid"], cur["z"])
         states = self.svc.slice_states(token, cur["aid"])
-        cur["shown"] = time.time()
-        cur["points"], cur["box"] = [], []
+        if mode == "replace":                     # a new slice shown: its prompts start afresh
+            cur["shown"] = time.time()
+            cur["points"], cur["box"] = [], []
         g = grey(sv.image, preset)
         return (self._info(cur, states, note), cur["z"], payload(cur, sv, preset, states, mode, mask),
                 np.repeat(g[..., None], 3, axis=2), self._prompt_text(cur))
