@@ -181,6 +181,20 @@ def test_brush_polygon_zoom_pan_and_resume_in_a_new_context(app, browser):
     painted = lab.copy()
     page.screenshot(path=str(SHOTS / "contour_paint.png"))
 
+    # fill holes (wall): the lumen becomes wall; undo restores the ring
+    page.keyboard.press("f")
+    holes = _labels(page)
+    assert (holes[27:33, 13:27] == 1).all() and np.array_equal(holes[holes != 1], painted[holes != 1])
+    page.keyboard.press("Control+z")
+    assert np.array_equal(_labels(page), painted)
+    # eraser: one dab of size 3 on the tumor stroke
+    page.keyboard.press("e")
+    page.mouse.click(*_xy(page, 14, 10))
+    erased = _labels(page)
+    assert (erased[9:12, 14] == 0).all() and (erased[10, 8:12] == 2).all()
+    page.keyboard.press("Control+z")
+    assert np.array_equal(_labels(page), painted)
+
     # undo / redo per slice
     page.keyboard.press("Control+z")
     assert not (_labels(page) == 1).any()
@@ -264,6 +278,20 @@ def test_interpolation_confirm_and_submit_confirmation(app, browser):
     page.mouse.click(*_xy(page, 15, 15))
     page.locator(f"#study-contour .uc-cell[data-z='{START + 3}']").click()
     _wait_slice(page, START + 3)
+    # a lasso: a freehand circle of radius 6 around (30, 30), closed by releasing, filled by Enter
+    page.keyboard.press("p")
+    pts = [_xy(page, 30 + 6 * np.cos(a), 30 + 6 * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 40)]
+    page.mouse.move(*pts[0])
+    page.mouse.down()
+    for pt in pts[1:]:
+        page.mouse.move(*pt)
+    page.mouse.up()
+    page.keyboard.press("Enter")
+    lasso = _labels(page) == 1
+    assert lasso[30, 30] and abs(int(lasso.sum()) - np.pi * 36) < 0.15 * np.pi * 36 and not lasso[30, 37]
+    page.keyboard.press("Control+z")
+    assert not _labels(page).any()
+    page.keyboard.press("b")
     page.mouse.click(*_xy(page, 21, 19))
     page.locator("#study-contour .uc-root").focus()
     page.keyboard.press("i")                              # saves this slice, interpolates START+1..+2
