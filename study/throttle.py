@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from study.models import LoginThrottle, utcnow
@@ -115,6 +115,8 @@ def reserve(s: Session, login: str, address: str, now: datetime | None = None) -
     (nothing charged) when either counter says wait. Raises Raced: roll back and call again."""
     now = now or utcnow()
     pair = _row(s, pair_key(login, address), now)
+    if pair.version == 0:                # a new key: drop counters nobody needs any more (bounded table)
+        prune(s, now)
     addr = _row(s, address_key(address), now)
     pf = 0 if (now - _utc(pair.last_t)).total_seconds() > PAIR_RESET_S else pair.failures
     if pf and now < _utc(pair.next_allowed):
@@ -126,6 +128,14 @@ def reserve(s: Session, login: str, address: str, now: datetime | None = None) -
     _cas(s, pair, failures=pf + 1, next_allowed=now + timedelta(seconds=backoff_s(pf + 1)), last_t=now)
     _cas(s, addr, failures=af + 1, window_start=addr.window_start if window_open else now, last_t=now)
     return None
+
+
+def prune(s: Session, now: datetime | None = None) -> int:
+    """Delete counters whose last attempt is older than both windows (they would be reset anyway)."""
+    now = now or utcnow()
+    horizon = now - timedelta(seconds=max(PAIR_RESET_S, ADDRESS_WINDOW_S, BACKOFF_MAX_S) + 60)
+    return s.execute(delete(LoginThrottle).where(LoginThrottle.last_t < horizon)
+                     .execution_options(synchronize_session=False)).rowcount
 
 
 def settle_success(s: Session, login: str, address: str, now: datetime | None = None) -> None:

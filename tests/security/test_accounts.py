@@ -65,8 +65,10 @@ def _audit(svc, action: str) -> list:
 
 
 # ----------------------------------------------------------------------------- lockout
-def test_guesses_from_one_address_never_lock_out_the_owner(env):
+def test_guesses_from_one_address_never_lock_out_the_owner(env, monkeypatch):
     from study import throttle
+
+    monkeypatch.setattr(throttle, "BACKOFF_S", 600.0)   # the waits outlast this test's slowest API call
 
     svc = env["svc"]
     seen = len(_audit(svc, "login_throttled"))
@@ -117,6 +119,25 @@ def test_back_off_grows_and_a_success_or_a_quiet_hour_forgets_it(env):
         throttle.settle_success(s, "someone", "10.0.0.1")
         row = s.scalar(select(throttle.LoginThrottle).where(throttle.LoginThrottle.key == "p:someone|10.0.0.1"))
         assert row.failures == 0
+
+
+def test_counters_of_old_attempts_are_pruned(env):
+    """Random logins must not grow the counter table without bound: stale counters go."""
+    from datetime import timedelta
+
+    from study import throttle
+    from study.models import LoginThrottle, utcnow
+
+    svc = env["svc"]
+    t0 = utcnow() - timedelta(days=2)
+    with svc.db.session() as s:
+        for i in range(50):
+            assert throttle.reserve(s, f"random{i}", "10.6.0.1", now=t0) is None
+    with svc.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(LoginThrottle)) == 51
+        throttle.reserve(s, "fresh", "10.6.0.2")                    # a new key today
+        keys = set(s.scalars(select(LoginThrottle.key)))
+    assert keys == {"p:fresh|10.6.0.2", "a:10.6.0.2"}
 
 
 def test_per_address_limit_over_many_logins_through_the_api(env, monkeypatch):
@@ -205,11 +226,13 @@ def test_20_parallel_guesses_postgres(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- X-Forwarded-For
-def test_forwarded_for_is_ignored_without_a_trusted_proxy(env):
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(env, monkeypatch):
     """Each guess claims another address in X-Forwarded-For: the throttle still sees 127.0.0.1."""
     from gradio_client import Client
 
     from study import throttle
+
+    monkeypatch.setattr(throttle, "BACKOFF_S", 600.0)   # the waits outlast this test's slowest API call
 
     msgs = []
     for i in range(throttle.FREE_FAILURES + 2):
