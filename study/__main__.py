@@ -160,14 +160,15 @@ def cmd_export(args) -> int:
 
 def cmd_drop(args) -> int:
     """Drop a reader and re-assign their unfinished cases."""
-    from sqlalchemy import select
 
     from study import ops
     from study.errors import NotFound
-    from study.models import Clinician, Study
+    from study.models import Study
 
     with _db(args).session() as s:
-        u = s.scalar(select(Clinician).where(Clinician.login == args.login.lower()))
+        from study.auth import find_login
+
+        u = find_login(s, args.login)            # the canonical form (NFKC + casefold), as at login
         if u is None or u.study_id is None:
             raise NotFound(f"No reader {args.login!r}.")
         m = ops.drop_reader(s, s.get(Study, u.study_id), u)

@@ -372,3 +372,17 @@ def test_an_existing_database_upgrades(tmp_path):
     svc = StudyService(db)
     assert svc.login("Straße", "Uncommon-pass-46") and svc.login("BOB", "Uncommon-pass-46")
     db.dispose()
+
+
+def test_the_cli_finds_a_reader_by_the_canonical_login(env, capsys):
+    """`python -m study drop-reader` takes the login as typed, like the login page."""
+    from study.__main__ import main
+
+    svc = env["svc"]
+    svc.register(STUDY_CODE, "Dr.Weiß", "Uncommon-pass-47", group=3)
+    assert main(["--db", env["db"], "drop-reader", "DR.WEISS"]) == 0
+    assert "dropped" in capsys.readouterr().out
+    with svc.db.session() as s:
+        from study.models import Clinician
+
+        assert s.scalar(select(Clinician.status).where(Clinician.login == "dr.weiss")) == "dropped"
