@@ -13,6 +13,8 @@ import numpy as np
 
 from usam.errors import VolumeError
 from usam.phantom_new import anatomy, scanner
+from usam.phantom_new.cohort import (add_arguments, generate_cohort, load_anatomy, load_case, load_cohort,
+                                     load_manifest, run)
 from usam.phantom_new.labels import L, NAMES, manifest_names
 from usam.phantom_new.params import SIZES, CaseParams, draw_params
 from usam.phantom_new.shapes import Canvas
@@ -97,4 +99,6 @@ def demo_case(index: int = 0, size: str = "full") -> PhantomCase:
     return generate_case(DEMO_SEED + int(index), size=size, has_tumor=True)
 
 
-__all__ = ["DEMO_SEED", "SIZES", "PhantomCase", "generate_case", "demo_case", "ground_truth", "manifest_names"]
+__all__ = ["DEMO_SEED", "SIZES", "PhantomCase", "generate_case", "demo_case", "ground_truth", "manifest_names",
+           "generate_cohort", "load_cohort", "load_case", "load_anatomy", "load_manifest", "add_arguments", "run",
+           "CaseParams", "draw_params", "L", "NAMES"]
