@@ -23,6 +23,7 @@ from study.masks import decode_labels, encode_labels, slice_strip
 ARM_TEXT = {"manual": "Manual annotation", "usam_p": "U-SAM/P: click 3 points per class per slice, then Run U-SAM",
             "usam_b": "U-SAM/B: click two opposite box corners, then Run U-SAM",
             "ai_edit": "AI-assisted edit: Run U-SAM, then correct its output"}
+PROMPT_ARMS = ("usam_p", "usam_b")   # arms whose readers click prompts on the prompt image
 MAX_MASK_TEXT = 8_000_000      # characters; a 512^2 slice needs at most ~3.7 M (RLE) or 350 k (base64)
 
 
@@ -116,9 +117,11 @@ class ContourHandlers:
         if mode == "replace":                     # a new slice shown: its prompts start afresh
             cur["shown"] = time.time()
             cur["points"], cur["box"] = [], []
-        g = grey(sv.image, preset)
+        # the prompt image only in the arms that click prompts (its PNG costs every Save & next)
+        prompt = (np.repeat(grey(sv.image, preset)[..., None], 3, axis=2)
+                  if cur.get("arm") in PROMPT_ARMS else None)
         return (self._info(cur, states, note), cur["z"], payload(cur, sv, preset, states, mode, mask),
-                np.repeat(g[..., None], 3, axis=2), self._prompt_text(cur))
+                prompt, self._prompt_text(cur))
 
     def _need(self, cur) -> dict:
         if not isinstance(cur, dict) or "aid" not in cur:

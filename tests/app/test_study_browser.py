@@ -319,7 +319,8 @@ def test_interpolation_confirm_and_submit_confirmation(app, browser):
     _act(page, "next")
     _wait_slice(page, START + 2)
     assert _stored(svc, "interp")[START + 1][1] == "manual"
-    _act(page, "next")
+    page.locator("#study-contour .uc-root").focus()
+    page.keyboard.press("ArrowRight")                     # the key does what Save & next does
     _wait_slice(page, START + 3)
     assert _stored(svc, "interp")[START + 2][1] == "manual"
     _act(page, "submit")
