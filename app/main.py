@@ -193,7 +193,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     gr.Markdown("#### Replay a session")
                     sess_upload = gr.File(label="Session JSON (re-creates the masks on the loaded volume)",
                                           type="filepath", file_types=[".json"], height=80)
-                    replay_info = gr.Markdown()
+                    replay_info = gr.Markdown(elem_id="usam-replay-info")
                 with gr.Column(scale=3, min_width=420):
                     area_plot = gr.Plot(label="Area per slice")
                     surf_plot = gr.Plot(label="3D surface")
@@ -257,10 +257,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         wire(nii_btn.click, cb.export_nifti, [state], [state, files], "export_nifti")
         wire(meas_btn.click, cb.export_measurements, [state], [state, files], "export_measurements")
         wire(sess_btn.click, cb.export_session, [state], [state, files], "export_session")
+        # a refused file: its message beside the upload (toast + that one field), not on every output
         wire(sess_upload.upload, cb.replay_session, [state, sess_upload], VIEW + [replay_info], "replay_session",
-             gpu=True)
+             gpu=True, show_progress_on=[replay_info])
         wire(ref_upload.upload, cb.load_reference, [state, ref_upload], [state, ref_table, ref_info],
-             "load_reference")
+             "load_reference", show_progress_on=[ref_info])
         wire(ref_btn.click, cb.reference_metrics, [state], [state, ref_table, ref_info], "reference_metrics")
 
     return demo

@@ -60,7 +60,7 @@ def _error_badges(page) -> int:
     """Gradio's per-output error status ("Error" badge of the status tracker)."""
     return page.evaluate("""() => [...document.querySelectorAll('.wrap, .error, span, div')].filter(
         e => e.children.length === 0 && e.innerText && e.innerText.trim() === 'Error'
-             && e.offsetParent !== null).length""")
+             && e.offsetParent !== null && !e.closest('.toast-body')).length""")
 
 
 def test_new_volume_resets_results_and_bad_upload_gives_one_message(app, browser):
@@ -110,4 +110,33 @@ def test_new_volume_resets_results_and_bad_upload_gives_one_message(app, browser
     assert "101 in all" in _text(page, "#usam-status")
     assert page.locator("#usam-viewer").is_visible()
     page.screenshot(path=str(ARTIFACTS / "security_bad_upload_one_message.png"), full_page=True)
+    page.close()
+
+
+def test_bad_session_file_and_reference_mark_one_field_only(app, browser):
+    """A refused session file or reference: one toast, the error status on the field beside the
+    upload only (not on the viewer, slider and status of the Segment tab)."""
+    tmp = app["tmp"]
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(app["url"])
+    page.wait_for_function(CANVAS_READY, timeout=180_000)
+    _wait_text(page, "#usam-status", "Slice")
+    page.get_by_role("tab", name="Results & export").click()
+    bad = tmp / "session.json"
+    bad.write_text('{"format": "usam-studio-session", "volume": {"sha256": "0"}, "actions": []}')
+    inputs = page.locator("input[type=file]")
+    n = inputs.count()
+    # the session upload is the last file input of the Results tab, the reference the one before it
+    inputs.nth(n - 1).set_input_files(str(bad))
+    page.wait_for_selector(".toast-body", timeout=60_000)
+    time.sleep(1.0)
+    assert "different volume" in page.locator(".toast-body").first.inner_text()
+    assert page.locator(".toast-body").count() == 1
+    assert _error_badges(page) == 1
+    assert page.locator("#usam-replay-info").inner_text().strip().startswith("Error")   # the one marked field
+    page.get_by_role("tab", name="Segment").click()
+    time.sleep(0.5)
+    assert _error_badges(page) == 0                                         # nothing marked on the viewer
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "security_bad_session_file.png"), full_page=True)
     page.close()
