@@ -1,11 +1,11 @@
 """Training / evaluation data: cohort readers (NIfTI manifest, phantom, the public code's npz
-layout), in-memory 224 slice cache, augmentation and training prompt sampling."""
+layout), the in-memory 224 slice cache and prompt sampling (training and evaluation).
+Augmentation and the training dataset live in usam/training/augment.py."""
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,69 +293,6 @@ def build_slice_set(data_dir: str | Path, split: str, window: tuple[float, float
     if not ids:
         raise UsamError(f"split {split!r} of {data_dir} has no slices with foreground")
     return SliceSet(torch.cat(images), torch.cat(labels), ids, np.concatenate(zs))
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def rotate_pair(image: torch.Tensor, label: torch.Tensor, degrees: float, fill: float = 0.0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate (H, W) image (bilinear) and label (nearest) about the centre; outside = fill / 0."""
-    theta_rad = math.radians(degrees)
-    c, s = math.cos(theta_rad), math.sin(theta_rad)
-    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=torch.float32)[None]
-    h, w = image.shape
-    grid = F.affine_grid(theta, [1, 1, h, w], align_corners=False)
-    # grid_sample pads with zeros: shift so that the padding equals `fill`
-    img = F.grid_sample((image.float() - fill)[None, None], grid, mode="bilinear",
-                        padding_mode="zeros", align_corners=False)[0, 0] + fill
-    lab = F.grid_sample(label.float()[None, None], grid, mode="nearest",
-                        padding_mode="zeros", align_corners=False)[0, 0]
-    return img.to(image.dtype), lab.round().to(label.dtype)
-
-
-def augment_pair(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator,
-                 p_rot90: float = 0.5, p_rotate: float = 0.5, max_degrees: float = 20.0,
-                 fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """USAM_SPEC augmentation: with p_rot90 a random rot90 + flip, else with p_rotate a
-    rotation in [-max_degrees, max_degrees] (bilinear image, nearest label)."""
-    if rng.random() < p_rot90:
-        k = int(rng.integers(0, 4))
-        axis = int(rng.integers(0, 2))
-        image = torch.flip(torch.rot90(image, k, (0, 1)), (axis,))
-        label = torch.flip(torch.rot90(label, k, (0, 1)), (axis,))
-        return image.contiguous(), label.contiguous()
-    if rng.random() < p_rotate:
-        return rotate_pair(image, label, float(rng.uniform(-max_degrees, max_degrees)), fill)
-    return image, label
-
-
-class TrainSlices(torch.utils.data.Dataset):
-    """Cached slices with reproducible augmentation: the rng of item i in epoch e is seeded by
-    (seed, e, i), so a resumed run sees exactly the batches an uninterrupted one would."""
-
-    def __init__(self, slices: SliceSet, augment: bool = True, seed: int = 202307,
-                 p_rot90: float = 0.5, p_rotate: float = 0.5, max_degrees: float = 20.0,
-                 fill: float = 0.0) -> None:
-        self.slices, self.augment, self.seed = slices, augment, seed
-        self.p_rot90, self.p_rotate, self.max_degrees, self.fill = p_rot90, p_rotate, max_degrees, fill
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of an epoch."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.slices.images[i].float()
-        label = self.slices.labels[i]
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-            image, label = augment_pair(image, label, rng, self.p_rot90, self.p_rotate,
-                                        self.max_degrees, self.fill)
-        return image[None].expand(3, -1, -1).contiguous(), label.long()
 
 
 # ----------------------------------------------------------------------------- prompts

@@ -1,4 +1,5 @@
-"""Data readers, label resizing, augmentation and training prompts (usam/data.py)."""
+"""Data readers, label resizing, training prompts (usam/data.py) and augmentation
+(usam/training/augment.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 
 from usam import data as D
 from usam.errors import UsamError
+from usam.training import augment as A
 
 
 def _write_npz_root(root, names_train, names_test, image, label):
@@ -66,13 +68,13 @@ def test_rotate_pair_keeps_labels_and_fills():
     img = torch.zeros(32, 32)
     lab = torch.zeros(32, 32, dtype=torch.uint8)
     lab[10:22, 14:18] = 1
-    r_img, r_lab = D.rotate_pair(img, lab, 90.0, fill=-1.0)
+    r_img, r_lab = A.rotate_pair(img, lab, 90.0, fill=-1.0)
     # a 90 degree rotation turns the vertical bar horizontal, labels stay integers
     assert set(torch.unique(r_lab).tolist()) <= {0, 1}
     assert r_lab.sum().item() == lab.sum().item()
     rows = torch.nonzero(r_lab)[:, 0]
     assert rows.max() - rows.min() + 1 == 4
-    img2, lab2 = D.rotate_pair(img, lab, 20.0, fill=-1.0)
+    img2, lab2 = A.rotate_pair(img, lab, 20.0, fill=-1.0)
     assert img2[0, 0].item() == pytest.approx(-1.0)  # the corner comes from outside: fill
     assert img2[16, 16].item() == pytest.approx(0.0)
 
@@ -83,8 +85,8 @@ def test_augment_pair_is_seeded_and_moves_image_with_label():
     lab[5:9, 40:50] = 2
     seen_changed = 0
     for seed in range(12):
-        a = D.augment_pair(img, lab, np.random.default_rng(seed))
-        b = D.augment_pair(img, lab, np.random.default_rng(seed))
+        a = A.augment_pair(img, lab, np.random.default_rng(seed))
+        b = A.augment_pair(img, lab, np.random.default_rng(seed))
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         if not torch.equal(a[1], lab):
             seen_changed += 1
@@ -94,8 +96,72 @@ def test_augment_pair_is_seeded_and_moves_image_with_label():
             assert torch.equal(torch.sort(inside)[0], torch.sort(img[lab == 2])[0])
     assert seen_changed >= 4
     # probabilities 0: identity
-    same = D.augment_pair(img, lab, np.random.default_rng(0), p_rot90=0.0, p_rotate=0.0)
+    same = A.augment_pair(img, lab, np.random.default_rng(0), p_rot90=0.0, p_rotate=0.0)
     assert torch.equal(same[0], img) and torch.equal(same[1], lab)
+
+
+def _handwritten_augment(image, label, rng, p_rot90=0.5, p_rotate=0.5, max_degrees=20.0, fill=0.0):
+    """The augmentation as it was written before MONAI's transforms (commit 12e8449)."""
+    if rng.random() < p_rot90:
+        k = int(rng.integers(0, 4))
+        axis = int(rng.integers(0, 2))
+        image = torch.flip(torch.rot90(image, k, (0, 1)), (axis,))
+        label = torch.flip(torch.rot90(label, k, (0, 1)), (axis,))
+        return image.contiguous(), label.contiguous()
+    if rng.random() < p_rotate:
+        return A.rotate_pair(image, label, float(rng.uniform(-max_degrees, max_degrees)), fill)
+    return image, label
+
+
+def test_monai_rot90_flip_is_bit_identical_to_the_handwritten_one():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(40, 56, generator=g)  # not square: a wrong axis changes the shape
+    lab = torch.randint(0, 3, (40, 56), generator=g).to(torch.uint8)
+    for k in range(4):
+        for axis in range(2):
+            a_img, a_lab = A.rot90_flip_pair(img, lab, k, axis)
+            ref_img = torch.flip(torch.rot90(img, k, (0, 1)), (axis,))
+            ref_lab = torch.flip(torch.rot90(lab, k, (0, 1)), (axis,))
+            assert type(a_img) is torch.Tensor and a_img.dtype == img.dtype and a_lab.dtype == torch.uint8
+            assert torch.equal(a_img, ref_img) and torch.equal(a_lab, ref_lab), (k, axis)
+    from monai.data import get_track_meta
+
+    assert get_track_meta()  # MONAI's global MetaTensor flag is left as it was
+
+
+def test_augmentation_same_seed_same_output_as_before():
+    """Same seeds -> the same samples, bit for bit, as the hand-written augmentation."""
+    g = torch.Generator().manual_seed(1)
+    img = torch.randn(64, 64, generator=g)
+    lab = torch.randint(0, 3, (64, 64), generator=g).to(torch.uint8)
+    kinds = set()
+    for seed in range(40):
+        ours = A.augment_pair(img, lab, np.random.default_rng([3, 1, seed]), fill=-0.6)
+        ref = _handwritten_augment(img, lab, np.random.default_rng([3, 1, seed]), fill=-0.6)
+        assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1]), seed
+        kinds.add("same" if torch.equal(ours[0], img) else "rot90" if ours[0].abs().sum().isclose(img.abs().sum())
+                  else "rotate")
+    assert kinds == {"same", "rot90", "rotate"}  # all three branches were compared
+
+
+def test_monai_rotated_agrees_with_our_rotation_within_float_rounding():
+    """Why the rotation stays ours: MONAI's Rotated (angle of opposite sign) gives the same
+    rotation only to float rounding (about 1e-4 here), not bit for bit."""
+    import math
+
+    from monai.transforms import Rotated
+
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    img = torch.sin(xx / 7) + torch.cos(yy / 5)  # smooth, so a grid difference is a value difference
+    lab = ((yy - 40) ** 2 + (xx - 55) ** 2 < 300).to(torch.uint8)
+    for deg in (-17.0, 4.5, 12.0):
+        ours_img, ours_lab = A.rotate_pair(img, lab, deg, fill=-1.0)
+        out = Rotated(keys=["image", "label"], angle=-math.radians(deg), mode=["bilinear", "nearest"],
+                      padding_mode="zeros")({"image": (img + 1.0)[None], "label": lab.float()[None]})
+        monai_img = out["image"][0].as_tensor() - 1.0
+        monai_lab = out["label"][0].as_tensor().round().to(torch.uint8)
+        assert (monai_img - ours_img).abs().max().item() < 1e-3
+        assert (monai_lab != ours_lab).float().mean().item() < 1e-3
 
 
 def _slice_set(n=4):
@@ -107,7 +173,7 @@ def _slice_set(n=4):
 
 
 def test_train_slices_reproducible_per_epoch():
-    ds = D.TrainSlices(_slice_set(), augment=True, seed=3)
+    ds = A.TrainSlices(_slice_set(), augment=True, seed=3)
     ds.set_epoch(1)
     x1, y1 = ds[2]
     x2, y2 = ds[2]

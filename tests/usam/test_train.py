@@ -1,4 +1,5 @@
-"""Training: loss, optimizer groups, poly schedule, the CLI loop, resume and DDP (usam/train.py)."""
+"""Training: loss, optimizer groups, poly schedule, TrainConfig and the CLI, the loop, resume, DDP and
+the recipe's numerics (usam/train.py, usam/training/)."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,9 @@ from usam import data as D
 from usam import train as T
 from usam.errors import UsamError
 from usam.losses import DiceCELoss, soft_dice_loss
+from usam.training import TrainConfig, train
+from usam.training import optim as O
+from usam.training.config import default
 
 ROOT = Path(__file__).resolve().parents[2]
 # a very small U-SAM so that CPU steps take well under a second
@@ -34,12 +38,8 @@ def cohort(tmp_path_factory) -> Path:
     return out
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    T.add_arguments(p)
-    ns = p.parse_args(list(argv))
-    ns._argv = list(argv)  # what the provenance records as the command
-    return ns
+def _config(*argv: str) -> TrainConfig:
+    return T.parse_config(argv)  # argv is what the provenance records as the command
 
 
 def test_dice_ce_matches_monai():
@@ -63,8 +63,8 @@ def test_param_groups_and_recipes():
     from usam.model import build_usam, get_config
 
     model = build_usam(get_config("demo"))
-    args = _args("--data", "x", "--out", "y")
-    groups = {g["name"]: g for g in T.make_optimizer(model, T.resolve_recipe(args)).param_groups}
+    cfg = _config("--data", "x", "--out", "y")
+    groups = {g["name"]: g for g in O.make_optimizer(model, cfg.optimizer_settings()).param_groups}
     assert set(groups) == {"decoder", "vit", "adapter"}
     assert (groups["decoder"]["lr"], groups["vit"]["lr"], groups["adapter"]["lr"]) == (1e-3, 1e-4, 1e-4)
     assert all(g["weight_decay"] == 1e-4 for g in groups.values())
@@ -72,21 +72,22 @@ def test_param_groups_and_recipes():
     assert n["adapter"] == sum(p.numel() for p in model.backbone.parameters())
     assert n["vit"] == sum(p.numel() for p in model.sam.image_encoder.parameters())
     assert sum(n.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt = T.make_optimizer(model, T.resolve_recipe(_args("--data", "x", "--out", "y", "--recipe", "paper")))
+    opt = O.make_optimizer(model, _config("--data", "x", "--out", "y", "--recipe", "paper").optimizer_settings())
     assert type(opt) is torch.optim.Adam
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"decoder": 1e-4, "vit": 1e-3, "adapter": 1e-3}
-    assert T.resolve_recipe(_args("--data", "x", "--out", "y", "--lr-vit", "5e-4"))["lr_vit"] == 5e-4
+    assert _config("--data", "x", "--out", "y", "--lr-vit", "5e-4").optimizer_settings()["lr_vit"] == 5e-4
+    assert TrainConfig(data="x", out="y", lr_vit=5e-4).optimizer_settings() == O.resolve_recipe("code", lr_vit=5e-4)
 
 
 def test_poly_schedule_per_step():
-    assert T.poly_factor(0, 100) == 1.0
-    assert T.poly_factor(50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
-    assert T.poly_factor(100, 100) == 0.0
-    assert T.poly_factor(0, 100, warmup_steps=4) == pytest.approx(0.25)
+    assert O.poly_factor(0, 100) == 1.0
+    assert O.poly_factor(50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert O.poly_factor(100, 100) == 0.0
+    assert O.poly_factor(0, 100, warmup_steps=4) == pytest.approx(0.25)
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.1)
-    sched = T.make_scheduler(opt, 10, 0.9)
+    sched = O.make_scheduler(opt, 10, 0.9)
     for _ in range(3):
         opt.step()
         sched.step()
@@ -103,7 +104,7 @@ def test_a_few_steps_lower_the_loss(cohort):
     idx = np.linspace(0, len(train) - 1, 4).astype(int)
     images = train.images[idx].float()[:, None].expand(-1, 3, -1, -1)
     labels = train.labels[idx].long()
-    opt = T.make_optimizer(model, {"optimizer": "adamw", "lr_decoder": 3e-3, "lr_vit": 3e-3,
+    opt = O.make_optimizer(model, {"optimizer": "adamw", "lr_decoder": 3e-3, "lr_vit": 3e-3,
                                    "lr_adapter": 3e-3, "weight_decay": 1e-4})
     loss_fn = DiceCELoss()
     prompts = [D.sample_prompts(labels[i].numpy(), "points", 3, np.random.default_rng(i)) for i in range(4)]
@@ -118,10 +119,10 @@ def test_a_few_steps_lower_the_loss(cohort):
 
 
 def _train(cohort: Path, out: Path, *extra: str) -> None:
-    args = _args("--data", str(cohort), "--out", str(out), "--batch-size", "2", "--steps", "4",
-                 "--prompt", "mixed", "--no-progress", "--val-every", "0", "--val-stride", "8",
-                 "--log-every", "1", "--threads", "1", *TINY, *extra)
-    assert T.run(args) == 0
+    cfg = _config("--data", str(cohort), "--out", str(out), "--batch-size", "2", "--steps", "4",
+                  "--prompt", "mixed", "--no-progress", "--val-every", "0", "--val-stride", "8",
+                  "--log-every", "1", "--threads", "1", *TINY, *extra)
+    assert train(cfg) == 0
 
 
 def _log(out: Path) -> list[dict]:
@@ -210,3 +211,132 @@ def test_torchrun_two_ranks_agree_on_weights(cohort, tmp_path):
     log = _log(out)
     assert log[0]["world"] == 2 and log[0]["command"].startswith("torchrun --nproc_per_node 2")
     assert (out / "last.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- the recipe's numerics
+
+def _write_npz_cohort(root: Path, seed: int = 5) -> Path:
+    """A small cohort in the public code's npz layout (8 train, 4 val slices of 64 x 64): a ring
+    of normal wall with a tumour blob, independent of the phantom generator."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for part, n in (("train", 8), ("val", 4)):
+        (root / part / f"{part}_npz").mkdir(parents=True)
+        names = []
+        for i in range(n):
+            cy, cx = 32 + rng.integers(-8, 9), 32 + rng.integers(-8, 9)
+            r = np.hypot(yy - cy, xx - cx)
+            label = np.zeros((64, 64), np.uint8)
+            label[(r >= 6) & (r < 9)] = 1
+            ty, tx = cy + rng.integers(-6, 7), cx + rng.integers(-6, 7)
+            label[np.hypot(yy - ty, xx - tx) < 3] = 2
+            image = np.clip(0.3 + 0.4 * (label > 0) + 0.1 * rng.standard_normal((64, 64)), 0, 1).astype(np.float32)
+            name = f"c{i // 2}_{i:03d}"
+            names.append(name)
+            np.savez(root / part / f"{part}_npz" / f"{name}.npz", image=image.T, label=label.T.astype(float))
+        (root / part / f"{part}_bbox.csv").write_text("name,bbox\n" + "".join(f'{n},"[0, 0, 1, 1]"\n' for n in names))
+    return root
+
+
+# Six steps of three flag sets, recorded at commit 12e8449 (before TrainConfig and the training
+# package): loss per step (as logged, 6 decimals), prompt kind per step, the last step's learning
+# rates and the final validation score. The weights after the six steps were bit-identical too
+# (checked once on the 2-vCPU build machine; not asserted, as BLAS kernels differ across machines).
+REFERENCE = {
+    "a": (["--prompt", "mixed", "--negatives", "1"],
+          [0.940087, 0.920657, 0.905782, 0.905624, 0.893189, 0.889427],
+          ["points5", "box+points3", "box+points3", "box", "points1", "box+points3"],
+          {"decoder": 0.0001993718664752192, "vit": 1.993718664752192e-05, "adapter": 1.993718664752192e-05},
+          0.33425063052152454),
+    "b": (["--prompt", "points", "--points", "2", "--recipe", "paper", "--dice-batch", "--ce-weights", "0.2", "1", "2",
+           "--dice-weights", "0.5", "1", "1", "--lambda-ce", "0.5", "--lambda-dice", "0.5", "--warmup-steps", "2",
+           "--poly-power", "1.0", "--no-augment", "--lr-vit", "3e-4"],
+          [0.990315, 0.984939, 0.977622, 0.979482, 0.974881, 0.973199],
+          ["points2"] * 6,
+          {"decoder": 1.6666666666666664e-05, "vit": 4.999999999999998e-05, "adapter": 0.00016666666666666663},
+          0.23773259937427849),
+    "c": (["--prompt", "box+points", "--points", "2", "--box-per-class", "--box-margin", "2", "--label-resize", "onehot",
+           "--include-empty", "--p-rot90", "0.2", "--max-rotation", "30", "--seed", "7", "--optimizer", "sgd",
+           "--lr-decoder", "1e-2"],
+          [0.926046, 0.921829, 0.921563, 0.911014, 0.910625, 0.902791],
+          ["box+points2"] * 6,
+          {"decoder": 0.001993718664752192, "vit": 1.993718664752192e-05, "adapter": 1.993718664752192e-05},
+          0.00011682331137066345),
+}
+
+
+@pytest.fixture(scope="module")
+def npz_cohort(tmp_path_factory) -> Path:
+    return _write_npz_cohort(tmp_path_factory.mktemp("npz"))
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_a_few_fixed_seed_steps_give_the_reference_losses(npz_cohort, tmp_path, name):
+    """Same sampling, augmentation, prompts, loss, parameter groups and schedule as before the
+    refactor: a change of any of them moves these losses by far more than the tolerance (5 units
+    of the log's last digit, room for other machines' float rounding)."""
+    extra, losses, prompts, last_lr, score = REFERENCE[name]
+    out = tmp_path / name
+    cfg = _config("--data", str(npz_cohort), "--out", str(out), "--batch-size", "2", "--steps", "6",
+                  "--no-progress", "--val-every", "0", "--log-every", "1", "--threads", "1", *TINY, *extra)
+    assert train(cfg) == 0
+    log = _log(out)
+    steps = [r for r in log if r["event"] == "step"]
+    assert [r["loss"] for r in steps] == pytest.approx(losses, abs=5e-6)
+    assert [f"{r['prompt']}{r['k'] or ''}" for r in steps] == prompts
+    assert steps[-1]["lr"] == pytest.approx(last_lr, rel=1e-9)
+    assert [r for r in log if r["event"] == "val"][-1]["score"] == pytest.approx(score, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- TrainConfig and the CLI
+
+def test_cli_defaults_are_the_configs_and_every_flag_has_a_field():
+    cfg = _config("--data", "d", "--out", "o")
+    plain = TrainConfig(data="d", out="o", argv=("--data", "d", "--out", "o"))
+    assert cfg == plain
+    assert cfg.window == (-160.0, 240.0) and cfg.augment and cfg.progress and cfg.preset == "vit_b"
+    p = argparse.ArgumentParser()
+    T.add_arguments(p)
+    dests = {a.dest for a in p._actions if a.dest != "help"}
+    fields = set(TrainConfig.__dataclass_fields__)
+    assert dests - fields == {"no_augment", "no_progress"}  # the two inverted flags
+    assert fields - dests == {"augment", "progress", "argv"}
+    flipped = _config("--data", "d", "--out", "o", "--no-augment", "--no-progress", "--config", "demo",
+                      "--override", "vit_depth=2", "--override", "name=x", "--window", "-100", "300",
+                      "--ce-weights", "1", "2", "3")
+    assert (flipped.augment, flipped.progress, flipped.preset) == (False, False, "demo")
+    assert flipped.overrides == {"vit_depth": 2, "name": "x"}
+    assert flipped.window == (-100.0, 300.0) and flipped.ce_weights == (1.0, 2.0, 3.0)
+    assert default("epochs") == 100 and default("overrides") == {}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "batch_size must be 1 or more"),
+    ({"window": (240, -160)}, "--window must be LO < HI"),
+    ({"window": (0.0,)}, "window needs 2"),
+    ({"prompt": "scribble"}, "prompt must be one of"),
+    ({"recipe": "fast"}, "recipe must be one of"),
+    ({"optimizer": "lion"}, "optimizer must be one of"),
+    ({"p_rot90": 1.5}, "p_rot90 is a probability"),
+    ({"lr_vit": 0.0}, "lr_vit must be above 0"),
+    ({"lr_decoder": float("nan")}, "lr_decoder must be above 0"),
+    ({"log_every": 0}, "log_every must be 1 or more"),
+    ({"steps": 0}, "steps must be 1 or more"),
+    ({"ce_weights": (1.0, 2.0)}, "ce_weights needs 3"),
+    ({"dice_weights": (0.0, 0.0, 0.0)}, "dice_weights must be 0 or more and not all 0"),
+    ({"lambda_ce": 0.0, "lambda_dice": 0.0}, "nothing to learn"),
+    ({"val_fraction": 1.0}, "val_fraction must lie in"),
+    ({"data": ""}, "data: a cohort folder is needed"),
+])
+def test_config_refuses_bad_settings_with_a_message(change, message):
+    with pytest.raises(UsamError, match=message.replace("(", r"\(")):
+        TrainConfig(**{"data": "d", "out": "o", **change})
+
+
+def test_cli_reports_a_bad_setting_as_a_user_error(capsys, tmp_path):
+    from usam.__main__ import main
+
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: batch_size must be 1 or more") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing written before the settings are checked
