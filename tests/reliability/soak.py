@@ -63,7 +63,8 @@ class Ledger:
 
 
 def check_images(value, ledger: Ledger) -> None:
-    """Every output file gradio_client downloaded (like a browser would) is a complete image."""
+    """Every output image is complete: files gradio_client downloaded (like a browser would) and the
+    data: URLs in the contouring tool's payload."""
     from PIL import Image
 
     if isinstance(value, dict):
@@ -75,6 +76,13 @@ def check_images(value, ledger: Ledger) -> None:
     elif isinstance(value, str) and value.lower().endswith((".png", ".webp")) and os.path.isfile(value):
         with Image.open(value) as im:
             im.load()                                # raises on a truncated or empty file
+        ledger.images += 1
+    elif isinstance(value, str) and value.startswith("data:image/png;base64,"):
+        import base64
+        import io
+
+        with Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1], validate=True))) as im:
+            im.load()                                # the contouring tool's slice image, complete
         ledger.images += 1
 
 
