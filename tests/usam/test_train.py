@@ -308,25 +308,39 @@ def test_cli_defaults_are_the_configs_and_every_flag_has_a_field():
     assert flipped.overrides == {"vit_depth": 2, "name": "x"}
     assert flipped.window == (-100.0, 300.0) and flipped.ce_weights == (1.0, 2.0, 3.0)
     assert default("epochs") == 100 and default("overrides") == {}
+    from usam.training.config import BOOL_FIELDS, FLOAT_FIELDS, INT_FIELDS
+
+    typed = set(INT_FIELDS) | set(FLOAT_FIELDS) | set(BOOL_FIELDS)
+    assert fields - typed == {"data", "format", "window", "label_resize", "preset", "overrides", "sam_weights", "init",
+                              "weights_kind", "recipe", "optimizer", "ce_weights", "dice_weights", "prompt", "out",
+                              "export", "device", "amp", "argv"}  # choices, paths (checked where read) and text
 
 
 @pytest.mark.parametrize("change, message", [
     ({"batch_size": 0}, "batch_size must be 1 or more"),
+    ({"batch_size": "24"}, "batch_size must be a whole number"),
+    ({"epochs": 2.5}, "epochs must be a whole number"),
+    ({"lambda_ce": "0.4"}, "lambda_ce must be a number"),
+    ({"augment": 1}, "augment must be True or False"),
+    ({"steps": True}, "steps must be a whole number"),
     ({"window": (240, -160)}, "--window must be LO < HI"),
     ({"window": (0.0,)}, "window needs 2"),
     ({"prompt": "scribble"}, "prompt must be one of"),
     ({"recipe": "fast"}, "recipe must be one of"),
     ({"optimizer": "lion"}, "optimizer must be one of"),
     ({"p_rot90": 1.5}, "p_rot90 is a probability"),
-    ({"lr_vit": 0.0}, "lr_vit must be above 0"),
-    ({"lr_decoder": float("nan")}, "lr_decoder must be above 0"),
+    ({"lr_vit": -1e-4}, "lr_vit must be 0 or more"),
+    ({"lr_decoder": float("nan")}, "lr_decoder must be 0 or more"),
     ({"log_every": 0}, "log_every must be 1 or more"),
-    ({"steps": 0}, "steps must be 1 or more"),
+    ({"steps": -1}, "steps must be 0 or more"),
+    ({"stop_after": 0}, "stop_after must be 1 or more"),
     ({"ce_weights": (1.0, 2.0)}, "ce_weights needs 3"),
     ({"dice_weights": (0.0, 0.0, 0.0)}, "dice_weights must be 0 or more and not all 0"),
     ({"lambda_ce": 0.0, "lambda_dice": 0.0}, "nothing to learn"),
     ({"val_fraction": 1.0}, "val_fraction must lie in"),
     ({"data": ""}, "data: a cohort folder is needed"),
+    ({"device": "gpu7"}, "device must be cpu, cuda or cuda:N"),
+    ({"init": "/no/such/usam.safetensors"}, "init: no file at /no/such/usam.safetensors"),
 ])
 def test_config_refuses_bad_settings_with_a_message(change, message):
     with pytest.raises(UsamError, match=message.replace("(", r"\(")):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from usam.data import DEFAULT_WINDOW, LABEL_RESIZE, PROMPT_MODES
 from usam.errors import UsamError
@@ -18,6 +21,12 @@ from usam.training.optim import OPTIMIZERS, RECIPES, resolve_recipe
 FORMATS = ("auto", "manifest", "npz")
 WEIGHTS_KINDS = ("trained", "demo-phantom")
 AMP_MODES = ("auto", "bf16", "off")
+# fields by type (None allowed where the field's default is None): checked before their ranges
+INT_FIELDS = ("lora_rank", "warmup_steps", "epochs", "steps", "batch_size", "seed", "points", "negatives",
+              "box_margin", "val_every", "val_stride", "save_every", "log_every", "threads", "workers", "stop_after")
+FLOAT_FIELDS = ("val_fraction", "lr_decoder", "lr_vit", "lr_adapter", "weight_decay", "poly_power", "lambda_ce",
+                "lambda_dice", "p_rot90", "p_rotate", "max_rotation")
+BOOL_FIELDS = ("include_empty", "dice_batch", "augment", "box_per_class", "resume", "progress", "rank_checksums")
 
 
 @dataclass(kw_only=True)
@@ -48,7 +57,7 @@ class TrainConfig:
     poly_power: float = 0.9  # lr = base * (1 - step/total)^power, per step
     warmup_steps: int = 0  # linear warm-up steps (0 = none, as the code)
     epochs: int = 100
-    steps: int | None = None  # total optimizer steps (overrides epochs)
+    steps: int | None = None  # total optimizer steps (overrides epochs; None or 0: epochs decide)
     batch_size: int = 24  # per process (per GPU)
     lambda_ce: float = 0.4
     lambda_dice: float = 0.6
@@ -76,7 +85,7 @@ class TrainConfig:
     log_every: int = 10
     device: str | None = None  # cpu / cuda / cuda:N (None: cuda when present)
     amp: str = "auto"  # bf16 autocast (GPU only)
-    threads: int | None = None  # torch CPU threads
+    threads: int | None = None  # torch CPU threads (None or 0: torch's default)
     workers: int = 0  # DataLoader workers
     progress: bool = True  # tqdm progress bar on rank 0
     stop_after: int | None = None  # tests: stop after this many steps, as a crash would
@@ -95,6 +104,13 @@ class TrainConfig:
 
     def _validate(self) -> None:
         """Every check of a run's settings, before anything is read or built."""
+        for name in INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS:
+            value = getattr(self, name)
+            if value is None and default(name) is None:
+                continue
+            kind = (bool if name in BOOL_FIELDS else numbers.Integral if name in INT_FIELDS else numbers.Real)
+            _need(isinstance(value, kind) and (kind is bool or not isinstance(value, bool)),
+                  f"{name} must be {_KIND_WORD[kind]}, got {value!r}")
         _need(bool(self.data), "data: a cohort folder is needed")
         _need(bool(self.out), "out: a run folder is needed")
         _choice(self.format, FORMATS, "format")
@@ -105,6 +121,14 @@ class TrainConfig:
             _choice(self.optimizer, OPTIMIZERS, "optimizer")
         _choice(self.prompt, PROMPT_MODES, "prompt")
         _choice(self.amp, AMP_MODES, "amp")
+        for name in ("sam_weights", "init"):  # fail before minutes of data loading, not after
+            path = getattr(self, name)
+            _need(path is None or Path(path).is_file(), f"{name}: no file at {path}")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise UsamError(f"device must be cpu, cuda or cuda:N; got {self.device!r}") from None
         # the CLI's own wording, kept from before the config existed
         _need(self.window[0] < self.window[1], f"--window must be LO < HI, got {self.window}")
         _need(0.0 <= self.val_fraction < 1.0, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
@@ -113,13 +137,12 @@ class TrainConfig:
             _need(getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
         for name in ("epochs", "batch_size", "points", "val_stride", "log_every"):
             _need(getattr(self, name) >= 1, f"{name} must be 1 or more, got {getattr(self, name)}")
-        for name in ("steps", "threads", "stop_after"):
+        for name in ("steps", "threads"):  # 0 means unset, as None (the CLI has always read it so)
             value = getattr(self, name)
-            _need(value is None or value >= 1, f"{name} must be 1 or more, got {value}")
-        for name in ("lr_decoder", "lr_vit", "lr_adapter"):
-            value = getattr(self, name)
-            _need(value is None or (math.isfinite(value) and value > 0), f"{name} must be above 0, got {value}")
-        for name in ("weight_decay", "poly_power", "lambda_ce", "lambda_dice", "max_rotation"):
+            _need(value is None or value >= 0, f"{name} must be 0 or more, got {value}")
+        _need(self.stop_after is None or self.stop_after >= 1, f"stop_after must be 1 or more, got {self.stop_after}")
+        for name in ("lr_decoder", "lr_vit", "lr_adapter", "weight_decay", "poly_power", "lambda_ce", "lambda_dice",
+                     "max_rotation"):  # a learning rate of 0 freezes its group
             value = getattr(self, name)
             _need(value is None or (math.isfinite(value) and value >= 0), f"{name} must be 0 or more, got {value}")
         _need(self.lambda_ce + self.lambda_dice > 0, "lambda_ce and lambda_dice are both 0: nothing to learn")
@@ -145,6 +168,9 @@ def default(name: str):
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     raise KeyError(f"{name} has no default")
+
+
+_KIND_WORD = {bool: "True or False", numbers.Integral: "a whole number", numbers.Real: "a number"}
 
 
 def _need(ok: bool, message: str) -> None:
