@@ -108,7 +108,7 @@ def test_small_gzip_of_512_cubed_refused_with_bounded_memory(app):
 def test_zip_of_300_members_refused_before_writing(app, monkeypatch, tmp_path):
     import contextlib
 
-    import usam.volumes as V
+    import usam.volumes.reader as V
     from gradio_client import handle_file
 
     buf = io.BytesIO()
