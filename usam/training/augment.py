@@ -17,8 +17,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import get_track_meta, set_track_meta
-from monai.transforms import Compose, Flipd, Rotate90d
 
 from usam.data import SliceSet
 
@@ -42,7 +40,9 @@ def rotate_pair(image: torch.Tensor, label: torch.Tensor, degrees: float, fill: 
 
 
 @functools.lru_cache(maxsize=8)
-def _rot90_flip(k: int, axis: int) -> Compose:
+def _rot90_flip(k: int, axis: int):
+    from monai.transforms import Compose, Flipd, Rotate90d  # here: importing MONAI takes seconds
+
     return Compose([Rotate90d(keys=KEYS, k=k, spatial_axes=(0, 1)), Flipd(keys=KEYS, spatial_axis=axis)])
 
 
@@ -50,6 +50,8 @@ def _rot90_flip(k: int, axis: int) -> Compose:
 def _plain_tensors():
     """MONAI without MetaTensors for the duration (their bookkeeping costs 3 ms a sample, and the
     DataLoader wants plain tensors); the global flag is put back afterwards."""
+    from monai.data import get_track_meta, set_track_meta
+
     before = get_track_meta()
     set_track_meta(False)
     try:
