@@ -354,3 +354,10 @@ def test_cli_reports_a_bad_setting_as_a_user_error(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error: batch_size must be 1 or more") and "Traceback" not in err
     assert not (tmp_path / "o").exists()  # nothing written before the settings are checked
+
+
+def test_too_few_slices_for_one_batch_is_a_user_error(npz_cohort, tmp_path):
+    cfg = _config("--data", str(npz_cohort), "--out", str(tmp_path / "o"), "--batch-size", "9", "--no-progress",
+                  *TINY)
+    with pytest.raises(UsamError, match="8 training slices are fewer than one batch of 9 per process"):
+        train(cfg)
