@@ -285,7 +285,9 @@ def test_a_few_fixed_seed_steps_give_the_reference_losses(npz_cohort, tmp_path, 
     assert [r["loss"] for r in steps] == pytest.approx(losses, abs=5e-6)
     assert [f"{r['prompt']}{r['k'] or ''}" for r in steps] == prompts
     assert steps[-1]["lr"] == pytest.approx(last_lr, rel=1e-9)
-    assert [r for r in log if r["event"] == "val"][-1]["score"] == pytest.approx(score, abs=1e-3)
+    # validation runs the shared inference path (usam.predictor): its float rounding may change
+    # (e.g. another attention kernel) and flip near-tied argmax pixels of this barely trained model
+    assert [r for r in log if r["event"] == "val"][-1]["score"] == pytest.approx(score, abs=1e-2)
 
 
 # ----------------------------------------------------------------------------- TrainConfig and the CLI
