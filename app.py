@@ -18,7 +18,7 @@ def _warm_up(ctx) -> None:
     def work() -> None:
         try:
             ctx.get_model()
-            from app.handlers import demo_case
+            from app.segment.opening import demo_case
 
             demo_case(0, ctx.config.demo_size)
             importlib.import_module("monai.metrics.utils")  # first reference metrics otherwise stall ~10 s
@@ -32,9 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags / environment, build the UI and serve it."""
     from app.context import AppConfig, AppContext, parse_config
 
-    if os.environ.get("SPACE_ID") and "USAM_HOST" not in os.environ and argv is None:
-        # on Hugging Face Spaces the server must listen on all interfaces
-        os.environ["USAM_HOST"] = "0.0.0.0"
     config: AppConfig = parse_config(argv)
     ctx = AppContext(config)
     from app.main import build_app, launch_kwargs

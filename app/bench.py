@@ -2,7 +2,7 @@
 
 For each model (the demo weights and U-SAM-B with random weights by default) it opens the
 first demo phantom, clicks points inside the rectum on several slices through
-app.callbacks.Callbacks.add_point (prompt -> predictor -> label map -> overlay PNG payload:
+app.segment.prompts.PromptEvents.add_point (prompt -> predictor -> label map -> overlay PNG payload:
 everything the server does for a click) and reports p50 / p95 of the first click on a slice
 (encoder + decoder) and of the following clicks (cached slice features). Writes JSON + Markdown.
 """
@@ -46,17 +46,17 @@ def _context(model_name: str, device: str, demo_size: str):
 
 def bench_model(model_name: str, slices: int = 5, clicks_per_slice: int = 6, device: str = "auto",
                 demo_size: str = "small", seed: int = 0) -> dict[str, Any]:
-    """Time clicks through Callbacks.add_point on one model; returns the numbers and the raw samples."""
-    from app import handlers as H
-    from app.callbacks import Callbacks
+    """Time clicks through SegmentEvents.add_point on one model; returns the numbers and the raw samples."""
+    from app import segment
+    from app.segment.layout import SegmentEvents
 
     t_load = time.perf_counter()
     ctx = _context(model_name, device, demo_size)
     ctx.get_model()
     info = ctx.weights_info()
     load_s = time.perf_counter() - t_load
-    cb = Callbacks(ctx)
-    s = H.load_demo(ctx, 0)
+    cb = SegmentEvents(ctx)
+    s = segment.load_demo(ctx, 0)
     gt = s.ground_truth
     zs = np.flatnonzero((gt > 0).any(axis=(1, 2)))
     pick = zs[np.linspace(0, len(zs) - 1, min(slices, len(zs))).round().astype(int)]
@@ -97,7 +97,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "# Click-to-overlay server time (app.bench)",
         "",
         f"{meta['date_utc']} · {meta['cpu']} · {meta['cpus']} CPU cores · torch {meta['torch']} · "
-        f"demo phantom `{meta['demo_size']}`. Time of `Callbacks.add_point` on the server: prompt -> "
+        f"demo phantom `{meta['demo_size']}`. Time of `SegmentEvents.add_point` on the server: prompt -> "
         "decoder (cached slice features) -> label map -> overlay PNG payload; network and browser drawing excluded.",
         "",
         "| model | weights | device | slice | cached click p50 / p95 (ms) | decoder p50 (ms) | "
@@ -116,13 +116,16 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
+    from app.context import parse_config
+
     p = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="demo,vit_b", help="comma list: demo (the app's weights) and/or "
                    "config names with random weights (vit_b, vit_l, ...)")
     p.add_argument("--slices", type=int, default=5, help="slices through the rectum to click on")
     p.add_argument("--clicks", type=int, default=8, help="clicks per slice (the first one runs the encoder)")
-    p.add_argument("--device", default=os.environ.get("USAM_DEVICE", "auto"))
-    p.add_argument("--demo-size", default=os.environ.get("USAM_DEMO_SIZE", "small"), choices=("small", "full"))
+    start = parse_config([])  # the start-up settings (USAM_DEVICE; USAM_DEMO_SIZE, else small phantoms here)
+    p.add_argument("--device", default=start.device)
+    p.add_argument("--demo-size", default=start.env.get("USAM_DEMO_SIZE", "small"), choices=("small", "full"))
     p.add_argument("--out", default="bench-results", help="folder for app_bench.json and app_bench.md")
     a = p.parse_args(argv)
     import torch

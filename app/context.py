@@ -110,8 +110,10 @@ def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None =
     """Parse --host/--port/--checkpoint/--device with USAM_* environment fallbacks."""
     env = dict(os.environ if environ is None else environ)
     p = argparse.ArgumentParser(prog="app.py", description="U-SAM Studio (Gradio app)")
-    p.add_argument("--host", default=env.get("USAM_HOST", DEFAULT_HOST),
-                   help="interface to bind (env USAM_HOST; default 127.0.0.1, use 0.0.0.0 in a container)")
+    # on Hugging Face Spaces (SPACE_ID set) the server must listen on all interfaces
+    host = env.get("USAM_HOST") or ("0.0.0.0" if env.get("SPACE_ID") else DEFAULT_HOST)
+    p.add_argument("--host", default=host,
+                   help="interface to bind (env USAM_HOST; default 127.0.0.1, on Hugging Face Spaces 0.0.0.0)")
     p.add_argument("--port", type=int, default=int(env.get("USAM_PORT", env.get("GRADIO_SERVER_PORT", DEFAULT_PORT))),
                    help="port (env USAM_PORT; default 7860)")
     p.add_argument("--checkpoint", default=env.get("USAM_CHECKPOINT") or None,
@@ -168,16 +170,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def state_dict_sha256(model: Any) -> str:
-    """sha256 over a model's tensors (names, shapes, bytes): the hash of weights without a file."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def default_metadata(config: Any) -> dict[str, Any]:
     """Checkpoint-like metadata for a randomly initialised model."""
     from usam.preprocess import default_preprocessing
@@ -227,10 +219,9 @@ class AppContext:
         """Load the weights once: flag > env > checkpoints/ > demo; random demo model as last resort."""
         from usam.errors import CheckpointError
 
-        path: Path | None = None
-        try:
-            from usam.checkpoints import load_checkpoint, resolve_weights
+        from usam.checkpoints import load_checkpoint, resolve_weights
 
+        try:
             path = Path(resolve_weights(self.config.checkpoint))
             if not path.exists():
                 raise CheckpointError(f"weights not found: {path.name}")
@@ -239,8 +230,6 @@ class AppContext:
         except CheckpointError:
             if self.config.checkpoint:  # the user named weights: never silently swap them
                 raise
-            model, meta = self._random_demo()
-        except ImportError:  # checkpoints module not available yet: keep the app usable
             model, meta = self._random_demo()
         model.eval()
         self._model, self._metadata = model, dict(meta)
@@ -294,7 +283,9 @@ class AppContext:
         if self._weights_path is not None and self._weights_path.exists():
             sha, name = _file_sha256(self._weights_path), self._weights_path.name
         else:
-            sha, name = state_dict_sha256(model), "(random initialisation)"
+            from usam.training.provenance import weights_checksum  # the hash of weights without a file
+
+            sha, name = weights_checksum(model), "(random initialisation)"
         if kind == "random-init":
             label, note, demo = f"Random U-SAM ({cfg_name or 'demo'} config), untrained", RANDOM_NOTE, True
         elif kind == "demo-phantom":

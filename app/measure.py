@@ -9,12 +9,7 @@ from typing import Any
 import numpy as np
 
 from app.render import CLASS_COLORS, CLASS_NAMES
-
-
-def class_volume_ml(labels: np.ndarray, spacing: tuple[float, float, float], cls: int) -> float:
-    """Volume of one class in mL (voxel count x voxel volume)."""
-    voxel_mm3 = float(np.prod([float(s) for s in spacing]))
-    return float(np.count_nonzero(labels == cls)) * voxel_mm3 / 1000.0
+from usam.metrics import volume_ml
 
 
 def craniocaudal_extent_mm(labels: np.ndarray, spacing: tuple[float, float, float], cls: int = 2) -> float:
@@ -30,11 +25,11 @@ def _max_pairwise_mm(points_mm: np.ndarray) -> float:
     if len(points_mm) < 2:
         return 0.0
     if len(points_mm) >= 3:
-        try:
-            from scipy.spatial import ConvexHull
+        from scipy.spatial import ConvexHull, QhullError
 
+        try:
             points_mm = points_mm[ConvexHull(points_mm).vertices]
-        except Exception:  # collinear points: the brute force below is still exact
+        except QhullError:  # collinear points: the brute force below is still exact
             pass
     if len(points_mm) > 2000:  # bound the O(n^2) step; hull vertices are far fewer in practice
         points_mm = points_mm[:: int(math.ceil(len(points_mm) / 2000))]
@@ -65,8 +60,8 @@ def slice_areas_mm2(labels: np.ndarray, spacing: tuple[float, float, float]) -> 
 def measurements(labels: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, Any]:
     """All reported numbers of a label map, JSON-ready."""
     return {
-        "normal_rectum_ml": round(class_volume_ml(labels, spacing, 1), 3),
-        "tumor_ml": round(class_volume_ml(labels, spacing, 2), 3),
+        "normal_rectum_ml": round(volume_ml(labels == 1, spacing), 3),
+        "tumor_ml": round(volume_ml(labels == 2, spacing), 3),
         "tumor_craniocaudal_extent_mm": round(craniocaudal_extent_mm(labels, spacing, 2), 2),
         "tumor_max_axial_diameter_mm": round(max_axial_diameter_mm(labels, spacing, 2), 2),
         "slices_with_normal_rectum": int((labels == 1).any(axis=(1, 2)).sum()),

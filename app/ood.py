@@ -1,6 +1,6 @@
 """Out-of-distribution checks: is this volume, or the model's output on it, unlike the training data?
 
-Pure functions (numpy only). Each returns a list of Finding; an empty list means nothing looked
+Pure functions on arrays. Each returns a list of Finding; an empty list means nothing looked
 unusual. The reference ranges are those of the training data of the shipped weights: the
 synthetic pelvic phantom cohort (usam/phantom.py: 512^2, 0.68-0.94 mm pixels, 0.625-3.75 mm
 slices, at most 190 mm of pelvis, rectum 60-160 mm long, tumours 20-55 mm long), widened to
@@ -16,11 +16,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from usam.preprocess import DEFAULT_WINDOW
+
 # volume: intensities (HU) and geometry
 HU_MIN, HU_MAX = -1100.0, 4000.0        # beyond the 0.5 / 99.5 percentiles: not CT numbers
 MIN_HU_SPREAD = 300.0                   # p99.5 - p0.5 of a CT spans air to bone (phantom > 1300)
 BODY_HU = -500.0                        # voxels above this count as body
-SOFT_WINDOW = (-160.0, 240.0)           # the model's input window
+SOFT_WINDOW = DEFAULT_WINDOW            # the model's input window (usam.preprocess, defined once)
 MIN_SOFT_SHARE = 0.60                   # share of body voxels inside it (phantom 0.86-0.91)
 BODY_MEDIAN_RANGE = (-150.0, 150.0)     # median HU of the body (phantom -52..46)
 PIXEL_MM = (0.5, 2.0)                   # in-plane spacing (phantom 0.68-0.94, small 1.36-1.88)

@@ -1,7 +1,7 @@
 """The slice viewer: a canvas inside gr.HTML (Gradio 6 html_template + js_on_load).
 
 The browser draws points and boxes at once and sends them with `trigger(...)`; the server
-answers with a new payload (app.handlers.viewer_payload) and the overlay follows. Events:
+answers with a new payload (app.segment.payload.viewer_payload) and the overlay follows. Events:
   'point' {x, y, label, cls, z, seq}   a click (shift-click = negative point)
   'box'   {x0, y0, x1, y1, z, seq}     a drag in box mode
   'nav'   {z}                          arrow keys, page up/down, home/end, mouse wheel: the target slice

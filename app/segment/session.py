@@ -1,6 +1,8 @@
 """Per-session state of the viewer: volume, label map, per-slice prompt history, display settings.
 
-Pure data and bookkeeping (numpy only); the model calls live in app/handlers.py.
+Pure data and bookkeeping (numpy only); the model calls live in app/segment/prompts.py and
+app/segment/runs.py. (Issue 16 moves the interactive part, prompts, history and the action
+log, into usam/interactive.py; the display settings stay here.)
 """
 from __future__ import annotations
 
@@ -160,6 +162,9 @@ class Session:
     last_timing: dict[str, Any] = field(default_factory=dict)
     timings: list[dict[str, Any]] = field(default_factory=list)
     view_nonce: int = 0
+    png_cache: dict[tuple, str] = field(default_factory=dict, repr=False)   # (z, window) -> slice PNG
+    ood_volume: dict[str, list] = field(default_factory=dict, repr=False)   # volume hash -> its findings
+    ood_model: list = field(default_factory=list, repr=False)               # uncertainty of the last run
     ack: int = 0                          # last browser prompt sequence number handled
     is_upload: bool = False               # the volume came from the visitor (its name is theirs)
     max_history: int = 50                 # undo states per slice (AppLimits.max_history)

@@ -83,7 +83,7 @@ class FakeContext(AppContext):
 
 @pytest.fixture(scope="session")
 def small_case():
-    from app.handlers import demo_case
+    from app.segment import demo_case
 
     return demo_case(0, "small")
 
@@ -95,7 +95,7 @@ def fake_ctx():
 
 @pytest.fixture()
 def fake_session(fake_ctx, small_case):
-    from app import handlers as H
+    from app import segment as H
 
     s = H.start_session(fake_ctx, small_case.volume, "Demo phantom 1", small_case.labels)
     yield s

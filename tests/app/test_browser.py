@@ -43,7 +43,7 @@ def _ring_target(payload_z: int, size: str):
     """A pixel inside the normal rectal wall of the demo case on slice z, as canvas fractions."""
     import numpy as np
 
-    from app.handlers import demo_case
+    from app.segment import demo_case
 
     from scipy.ndimage import distance_transform_edt
 

@@ -233,7 +233,7 @@ def test_ood_notice_beside_whole_volume_and_results(browser, live_app, tmp_path)
     the training data; a demo phantom shows no notice."""
     import numpy as np
 
-    from app.handlers import demo_case
+    from app.segment import demo_case
     from usam.volumes import Volume, write_volume
 
     url, _ = live_app

@@ -23,7 +23,7 @@ def client(live_app, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gt_case(live_app):
-    from app.handlers import demo_case
+    from app.segment import demo_case
 
     # "Demo phantom 2": on "Demo phantom 1" the shipped demo model over-calls tumor into the
     # adjacent wall (tumor Dice 0.72, mean 0.82; README "Known limits"), phantoms 2 and 3 give 0.91 / 0.93

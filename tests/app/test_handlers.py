@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from app import handlers as H
+from app import segment as H
 from app.context import AppConfig, parse_config
 from app.render import decode_data_url
 from usam.errors import PromptError, UsamError, VolumeError

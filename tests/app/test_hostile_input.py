@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.callbacks import Callbacks
+from app.segment.layout import SegmentEvents
 
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -47,7 +47,7 @@ def call(fn, s, *args) -> str | None:
 
 @pytest.fixture()
 def cb(fake_ctx):
-    return Callbacks(fake_ctx)
+    return SegmentEvents(fake_ctx)
 
 
 @FUZZ

@@ -1,8 +1,8 @@
 """The viewer's prompts reach the library in slice pixels; the library's one conversion handles the slice's edge."""
 import numpy as np
 
-from app.handlers import model_prompts
-from app.state import PromptItem
+from app.segment.prompts import model_prompts
+from app.segment.session import PromptItem
 from usam.prompts import SlicePrompts, slice_to_model
 
 

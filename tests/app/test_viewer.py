@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app import handlers as H
-from app.callbacks import Callbacks
+from app import segment as H
+from app.segment.layout import SegmentEvents
 from app.render import CUSTOM_PRESET, DEFAULT_PRESET, WINDOW_PRESETS, Window, preset_for
 from app.viewer import VIEWER_CSS, VIEWER_HTML, VIEWER_JS
 from usam.volumes import Volume
@@ -13,7 +13,7 @@ from usam.volumes import Volume
 
 @pytest.fixture()
 def cb(fake_ctx):
-    return Callbacks(fake_ctx)
+    return SegmentEvents(fake_ctx)
 
 
 def test_preset_for_names_presets_and_custom():

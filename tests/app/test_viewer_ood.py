@@ -15,7 +15,7 @@ def test_phantom_volume_gives_no_finding(small_case):
 
 
 def test_full_size_phantom_gives_no_finding():
-    from app.handlers import demo_case
+    from app.segment import demo_case
 
     c = demo_case(1, "full")
     assert ood.volume_findings(c.volume.array, c.volume.spacing) == []

@@ -1,4 +1,4 @@
-"""Issue 13 §2 and §6 on the handler path (app.handlers / app.callbacks, what every event calls):
+"""Issue 13 §2 and §6 on the handler path (app/segment/: what every event calls):
 prompts per slice, undo depth and bytes, replay size and model runs, the per-session memory
 budget, start-up limits read once from the environment, and user-facing errors that carry no
 server path and no exception name. Memory is measured with tracemalloc against stated bounds."""
@@ -11,8 +11,9 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app import handlers as H
-from app.callbacks import Callbacks, guard
+from app import segment as H
+from app.segment.events import guard
+from app.segment.layout import SegmentEvents
 from app.context import AppConfig, AppLimits, limits_from_env, parse_config
 from tests.app.conftest import FakeContext, fake_ctx, fake_session, small_case  # noqa: F401 (fixtures)
 from usam.errors import PromptError, UsamError, VolumeError
@@ -209,7 +210,7 @@ class _Blocks:
 def test_only_files_uploaded_to_the_app_are_read_or_deleted(fake_ctx, fake_session, small_case, tmp_path):
     from usam.volumes import write_volume
 
-    cb = Callbacks(fake_ctx)
+    cb = SegmentEvents(fake_ctx)
     theirs = write_volume(small_case.volume, tmp_path / "other_session_export.nii.gz")
     content = theirs.read_bytes()
     cb.blocks = _Blocks()
@@ -226,7 +227,7 @@ def test_only_files_uploaded_to_the_app_are_read_or_deleted(fake_ctx, fake_sessi
 
 
 def test_page_upload_gives_one_message_and_changes_nothing(fake_ctx, fake_session, tmp_path):
-    cb = Callbacks(fake_ctx)
+    cb = SegmentEvents(fake_ctx)
     cb.load_len = 20
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"not a volume" * 50)
