@@ -79,11 +79,12 @@ def test_prompt_changes_output(demo):
         pts = demo.decode(feats, [Prompts(points=[[100, 120]], point_labels=[1], point_classes=[1])])
         pts2 = demo.decode(feats, [Prompts(points=[[30, 40]], point_labels=[1], point_classes=[1])])
         box = demo.decode(feats, [Prompts(boxes=[[90, 100, 140, 150]], box_classes=[0])])
+        whole = demo(x)  # (in the same grad mode: SDPA's CPU kernel differs with autograd on, at fp32 rounding)
     # a random-init decoder moves logits only a little; float noise here is ~1e-8
     assert (none - pts).abs().max() > 1e-5
     assert (pts - pts2).abs().max() > 1e-5
     assert (none - box).abs().max() > 1e-5
-    assert torch.equal(none, demo(x))  # forward = decode(encode)
+    assert torch.equal(none, whole)  # forward = decode(encode)
 
 
 def test_zero_init_class_embeddings_change_nothing(demo):
@@ -186,3 +187,23 @@ def test_prompt_count_mismatch_is_an_error(demo):
         feats = demo.encode(_x(2))
         with pytest.raises(PromptError):
             demo.decode(feats, [None])
+
+
+@pytest.mark.parametrize("window", [0, 7, 14])
+def test_sdpa_attention_equals_segment_anythings(window):
+    """The ViT's SdpaAttention gives segment-anything's attention (fp32 rounding) on the same weights."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from usam.model.image_encoder import SdpaAttention
+
+    torch.manual_seed(4)
+    size = window or 14
+    sam = Attention(64, num_heads=4, qkv_bias=True, use_rel_pos=True, input_size=(size, size))
+    with torch.no_grad():
+        sam.rel_pos_h.normal_(0, 0.3)
+        sam.rel_pos_w.normal_(0, 0.3)
+        x = torch.randn(3, size, size, 64)
+        ref = sam(x)
+        out = SdpaAttention(sam)(x)
+    assert (out - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
+    assert list(SdpaAttention(sam).state_dict()) == list(sam.state_dict())

@@ -28,6 +28,7 @@ docs/BENCHMARKS.md; CUDA autocast is the caller's (usam.predictor).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -35,6 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from usam.errors import UsamError
+from usam.model.adapter import DownsamplingAdapter
+from usam.model.conv_bn import ConvBN
 from usam.model.features import ImageFeatures
 from usam.model.up_block import UpBlock
 from usam.model.usam import Usam
@@ -131,6 +134,39 @@ def interleave_add_relu(o: torch.Tensor, part: torch.Tensor | None, fused: bool 
 # the derived decoder parts
 
 
+class FoldedConvBN(nn.Module):
+    """A ConvBN (conv 3x3 -> BatchNorm -> ReLU) as one conv with the BatchNorm folded in, weights NHWC."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.padding = conv.padding
+        with torch.no_grad():
+            w, b = fold_conv_bn(conv, bn)
+            self.register_buffer("weight", w.contiguous(memory_format=_NHWC), persistent=False)
+            self.register_buffer("bias", b, persistent=False)
+
+    @classmethod
+    def of(cls, module: ConvBN) -> "FoldedConvBN":
+        """The folded form of a ConvBN."""
+        return cls(module.conv, module.norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu_(F.conv2d(x, self.weight, self.bias, padding=self.padding))
+
+
+def folded_adapter(adapter: DownsamplingAdapter) -> DownsamplingAdapter:
+    """The adapter with every ConvBN replaced by its FoldedConvBN: same wiring (the adapter's own forward).
+
+    A structural copy: the model's adapter is not changed; its folded weights are new buffers.
+    """
+    out = copy.deepcopy(adapter)
+    for name, module in list(out.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, ConvBN):
+                setattr(module, child_name, FoldedConvBN.of(child))
+    return out.requires_grad_(False)
+
+
 class FastUpBlock(nn.Module):
     """An UpBlock from its derived weights: relu(subpixel(x) + prompt-free part), then the second ConvBN (folded).
 
@@ -156,9 +192,7 @@ class FastUpBlock(nn.Module):
                 ones = block.up.bias.reshape(1, -1, 1, 1).expand(1, -1, h2, w2).contiguous(memory_format=_NHWC)
                 bias_map = bias_map + F.conv2d(ones, w_up.contiguous(memory_format=_NHWC), None, padding=1)
             self.register_buffer("bias_map", bias_map.contiguous(memory_format=_NHWC), persistent=False)
-            w2_, b2_ = fold_conv_bn(second.conv, second.norm)
-            self.register_buffer("w2", w2_.contiguous(memory_format=_NHWC), persistent=False)
-            self.register_buffer("b2", b2_, persistent=False)
+        self.second = FoldedConvBN.of(second)
 
     def skip_part(self, skip: torch.Tensor | None) -> torch.Tensor | None:
         """conv_skip(skip) + the bias map: what the first conv adds to the prompt-dependent half (None without skip)."""
@@ -174,8 +208,7 @@ class FastUpBlock(nn.Module):
             raise UsamError(f"an up block built for {tuple(self.bias_map.shape[-2:])} got a {h}x{w} input")
         k = self.w_sub
         o = F.conv2d(x, k, None, padding=1).permute(0, 2, 3, 1)  # (B, h+1, w+1, 4*Cout)
-        y = interleave_add_relu(o.reshape(b, h + 1, w + 1, 2, 2, k.shape[0] // 4), part)
-        return F.relu_(F.conv2d(y, self.w2, self.b2, padding=1))
+        return self.second(interleave_add_relu(o.reshape(b, h + 1, w + 1, 2, 2, k.shape[0] // 4), part))
 
 
 class BatchedHypernetworks(nn.Module):
@@ -208,15 +241,13 @@ class FastHead(nn.Module):
     def __init__(self, head: nn.Sequential) -> None:
         super().__init__()
         conv, bn, _, last = head
+        self.conv_bn = FoldedConvBN(conv, bn)
         with torch.no_grad():
-            w, b = fold_conv_bn(conv, bn)
-            self.register_buffer("w", w.contiguous(memory_format=_NHWC), persistent=False)
-            self.register_buffer("b", b, persistent=False)
             self.register_buffer("w_out", last.weight.detach().contiguous(memory_format=_NHWC), persistent=False)
             self.register_buffer("b_out", None if last.bias is None else last.bias.detach(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.relu_(F.conv2d(x, self.w, self.b, padding=1)), self.w_out, self.b_out)
+        return F.conv2d(self.conv_bn(x), self.w_out, self.b_out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +268,7 @@ class FastUsam(nn.Module):
             raise UsamError("FastUsam is built from a trained model in eval mode: call model.eval() first")
         self.model = model
         self.config = model.config
+        self.backbone = folded_adapter(model.backbone)
         dec = model.sam.mask_decoder
         size = model.config.image_size
         self.ups = nn.ModuleList(FastUpBlock(block, (size >> k, size >> k)) for k, block in enumerate(dec.up_blocks()))
@@ -257,9 +289,10 @@ class FastUsam(nn.Module):
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> ImageFeatures:
-        """Usam.encode, then each up block's prompt-free part of its skip: ImageFeatures(skip_parts=True)."""
+        """Usam.encode (NHWC, through the folded adapter), then each up block's prompt-free part of its
+        skip: ImageFeatures(skip_parts=True)."""
         self._check_mode()
-        feats = self.model.encode(images)
+        feats = self.model.encode(images.contiguous(memory_format=_NHWC), backbone=self.backbone)
         parts = tuple(up.skip_part(s) for up, s in zip(self.ups, feats.skips))
         return ImageFeatures(parts, feats.embedding, skip_parts=True)
 

@@ -67,9 +67,12 @@ class Usam(nn.Module):
         """Number of parameters with requires_grad."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def encode(self, images: torch.Tensor) -> ImageFeatures:
-        """(B, 3, 224, 224) normalised images -> skips + image embedding (what the predictor caches)."""
-        f0, f1, f2, f3, f4 = self.backbone(images)
+    def encode(self, images: torch.Tensor, backbone: Callable[[torch.Tensor], tuple] | None = None) -> ImageFeatures:
+        """(B, 3, 224, 224) normalised images -> skips + image embedding (what the predictor caches).
+
+        `backbone` replaces self.backbone (same outputs f0..f4): the inference model passes its
+        BatchNorm-folded adapter (usam.model.fast)."""
+        f0, f1, f2, f3, f4 = (self.backbone if backbone is None else backbone)(images)
         embedding = self.sam.image_encoder(f4)
         skips = tuple(f if u else None for f, u in zip((f0, f1, f2, f3), self._use_skips))
         return ImageFeatures(skips, embedding)
