@@ -304,8 +304,9 @@ class StudyTab(ContourHandlers):
         return f"{n} model runs scored ({n_cases} cases × {nv} variants); the report below is updated."
 
 
-def make_service(ctx: Any):
-    """The study service for this app: ctx.study_service, else one on $USAM_STUDY_DB with the app's model."""
+def make_service(ctx: Any, settings: Any = None):
+    """The study service for this app: ctx.study_service, else one on the settings' database
+    (study.settings.StudySettings; default: the documented defaults) with the app's model."""
     svc = getattr(ctx, "study_service", None)
     if svc is not None:
         return svc
@@ -319,7 +320,8 @@ def make_service(ctx: Any):
         name, sha = str(info.label)[:64], str(info.sha256)[:64]
     except Exception:
         pass
-    return StudyService(get_database(), predictor_factory=factory, model_name=name, checkpoint_hash=sha)
+    return StudyService(get_database(settings=settings), predictor_factory=factory, model_name=name,
+                        checkpoint_hash=sha)
 
 
 def _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, session_box) -> None:
@@ -338,12 +340,14 @@ def _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, se
 
 def build_study_tab(ctx: Any) -> StudyTab:
     """Build the tab's components and events inside the caller's gr.Tab; returns the handlers."""
-    # the study needs realistic 512^2 cases; $USAM_STUDY_DEMO_SIZE=small for quick trials
-    demo_size = os.environ.get("USAM_STUDY_DEMO_SIZE") or "full"
-    tab = StudyTab(make_service(ctx), demo_size)
+    from study.settings import StudySettings
+
+    settings = StudySettings.from_env(os.environ)   # the study's configuration, read once here
+    # the study needs realistic 512^2 cases; USAM_STUDY_DEMO_SIZE=small for quick trials
+    tab = StudyTab(make_service(ctx, settings), settings.demo_size)
     # generate the demo cohort in the background at start-up (not under pytest: other tests
     # mount this tab and must not pay for 20 full-size phantoms); USAM_STUDY_WARMUP=0/1 forces it
-    warm = os.environ.get("USAM_STUDY_WARMUP", "auto")
+    warm = settings.warmup
     if warm == "1" or (warm == "auto" and "PYTEST_CURRENT_TEST" not in os.environ):
         threading.Thread(target=tab.warm_up, daemon=True, name="study-demo-setup").start()
     E = _err

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from usam.errors import UsamError
 
@@ -15,7 +16,7 @@ from usam.errors import UsamError
 def _db(args):
     from study.db import get_database
 
-    return get_database(args.db)
+    return get_database(args.db, settings=args.settings)
 
 
 def _groups(text: str) -> list[int]:
@@ -59,7 +60,7 @@ def cmd_add_admin(args) -> int:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
-        password = os.environ.get("USAM_STUDY_ADMIN_PASSWORD") or getpass.getpass("password: ")
+        password = args.settings.admin_password or getpass.getpass("password: ")
     with _db(args).session() as s:
         u = ops.add_clinician(s, args.login, password, role="admin", name=args.name)
         print(f"admin '{u.login}' added")
@@ -119,7 +120,7 @@ def cmd_simulate(args) -> int:
                    max_cases_per_reader=args.max_cases, progress=print if args.verbose else None)
     print(f"simulated {res['readers']} readers: {res['submitted']} submissions, {res['slices_saved']} slices saved")
     if args.models:
-        cmd_run_models(argparse.Namespace(db=args.db, study=sid, checkpoint=args.checkpoint,
+        cmd_run_models(argparse.Namespace(db=args.db, settings=args.settings, study=sid, checkpoint=args.checkpoint,
                                           variants="usam,usam_p,usam_b", device=args.device))
     return 0
 
@@ -253,10 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; user errors print a message and exit 2."""
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one subcommand with the settings of `environ` (default: this process's); user errors
+    (also a bad USAM_STUDY_* value) print a message and exit 2."""
+    from study.settings import StudySettings
+
     args = build_parser().parse_args(argv)
     try:
+        args.settings = StudySettings.from_env(os.environ if environ is None else environ)
         return int(args.fn(args) or 0)
     except UsamError as exc:
         print(f"error: {exc}", file=sys.stderr)

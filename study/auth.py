@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,9 +19,10 @@ from study.errors import AuthError, InvalidInput
 from study.logins import normalize_login
 from study.models import AuthSession, Clinician, utcnow
 from study.passwords import MAX_PASSWORD, MIN_PASSWORD
+from study.settings import StudySettings
 
 _HASHER = PasswordHasher()
-SESSION_TTL = timedelta(hours=float(os.environ.get("USAM_STUDY_SESSION_HOURS", "12")))
+SESSION_TTL = StudySettings().session_ttl    # the default; the service passes its settings' session_ttl
 _DUMMY: dict[tuple, str] = {}       # hasher parameters -> hash of a random password
 
 # The secret of the browser making the current call (the app's HttpOnly cookie), set by the
@@ -102,13 +102,13 @@ def check_credentials(s: Session, login: str, password: str) -> Clinician | None
     return user if verify_password(user.password_hash, pw) else None
 
 
-def open_session(s: Session, user: Clinician, now: datetime | None = None) -> str:
-    """Create an expiring session and return its token (shown once, stored hashed)."""
+def open_session(s: Session, user: Clinician, now: datetime | None = None, ttl: timedelta = SESSION_TTL) -> str:
+    """Create a session that expires after `ttl` and return its token (shown once, stored hashed)."""
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     b = _BROWSER.get()
     s.add(AuthSession(token_hash=token_digest(token), clinician_id=user.id, created_at=now,
-                      expires_at=now + SESSION_TTL, last_seen=now, browser_hash=token_digest(b) if b else None))
+                      expires_at=now + ttl, last_seen=now, browser_hash=token_digest(b) if b else None))
     return token
 
 

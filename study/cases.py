@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import numpy as np
 
 from study.errors import InvalidInput, NotFound
 from study.scoring import labels_sha256
+from study.settings import StudySettings
 
 DEMO_CASES = 20
 DEMO_SEED = 2025
@@ -98,12 +98,13 @@ def case_record(spec: CaseSpec) -> dict:
             "spacing": spacing, "shape": [int(s) for s in lc.labels.shape]}
 
 
-def demo_cohort(size: str | None = None, folder: Path | None = None) -> Path:
-    """Folder of the 20-case phantom demo cohort, generated on first use (then cached on disk)."""
-    from study.db import data_dir
+def demo_cohort(size: str | None = None, folder: Path | None = None, settings: StudySettings | None = None) -> Path:
+    """Folder of the 20-case phantom demo cohort, generated on first use (then cached on disk).
 
-    size = size or os.environ.get("USAM_STUDY_DEMO_SIZE", "full")
-    folder = folder or data_dir() / f"demo_cohort_{size}"
+    size and folder default to the settings' demo size and a folder in their data folder."""
+    settings = settings or StudySettings()
+    size = size or settings.demo_size
+    folder = folder or settings.data_folder() / f"demo_cohort_{size}"
     if not (folder / "manifest.json").exists():
         from usam.phantom import generate_cohort
 

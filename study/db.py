@@ -1,4 +1,4 @@
-"""Database connection: the USAM_STUDY_DB URL (SQLite by default), sessions and migrations."""
+"""Database connection: the settings' URL (SQLite by default), sessions and migrations."""
 from __future__ import annotations
 
 import os
@@ -10,22 +10,17 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from study.settings import StudySettings
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def data_dir() -> Path:
-    """Folder for the default SQLite file, demo cases and exports ($USAM_STUDY_DATA, else data/study)."""
-    path = Path(os.environ.get("USAM_STUDY_DATA", "data/study")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def data_dir(settings: StudySettings | None = None) -> Path:
+    """Folder for the default SQLite file, demo cases and exports (settings.data_dir, created if missing).
 
-
-def default_url() -> str:
-    """$USAM_STUDY_DB, else an SQLite file in the data folder."""
-    url = os.environ.get("USAM_STUDY_DB")
-    if url:
-        return url
-    return f"sqlite:///{(data_dir() / 'study.db').resolve()}"
+    Without settings it reads the environment: only for app/security.export_root, which is not
+    given the app's settings yet (every study/ caller passes them)."""
+    return (settings or StudySettings.from_env(os.environ)).data_folder()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -53,8 +48,9 @@ def make_engine(url: str) -> Engine:
 class Database:
     """One database: engine + session factory; `session()` is a commit-or-rollback scope."""
 
-    def __init__(self, url: str | None = None):
-        self.url = url or default_url()
+    def __init__(self, url: str | None = None, settings: StudySettings | None = None):
+        self.settings = settings or StudySettings()   # what ops / the service read (session length, demo set-up)
+        self.url = url or self.settings.database_url()
         self.engine = make_engine(self.url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -101,11 +97,12 @@ def alembic_config(database: Database):
 _DEFAULT: dict[str, Database] = {}
 
 
-def get_database(url: str | None = None, migrate: bool = True) -> Database:
-    """Shared Database for a URL (default from the environment), migrated on first use."""
-    url = url or default_url()
+def get_database(url: str | None = None, migrate: bool = True, settings: StudySettings | None = None) -> Database:
+    """Shared Database for a URL (default: the settings' URL), migrated on first use."""
+    settings = settings or StudySettings()
+    url = url or settings.database_url()
     if url not in _DEFAULT:
-        db = Database(url)
+        db = Database(url, settings)
         if migrate:
             db.migrate()
         _DEFAULT[url] = db

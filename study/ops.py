@@ -280,28 +280,27 @@ def ensure_admin(s: Session, login: str = "admin", password: str | None = None) 
 def ensure_demo_study(db, size: str | None = None, code: str = "DEMO") -> tuple[int, str | None]:
     """The newest study, or a demo study of 20 phantom cases (generated and cached on first use).
 
+    Size (default), arms, admin password and data folder come from db.settings.
     Returns (study id, path of a file holding the generated admin password or None)."""
-    import os
-
     from study.cases import demo_cohort
-    from study.db import data_dir
 
+    settings = db.settings
     with db.session() as s:
         st = s.scalar(select(Study).order_by(Study.id.desc()))
         if st is not None and study_cases(s, st.id):
             return st.id, None
-    folder = demo_cohort(size)                      # slow part outside any transaction
+    folder = demo_cohort(size, settings=settings)   # slow part outside any transaction
     pw_file = None
     with db.session() as s:
         st = s.scalar(select(Study).order_by(Study.id.desc()))
         if st is None:
             st = create_study(s, "Demo observer study (phantom cases)", code=code, is_demo=True,
-                              arms=os.environ.get("USAM_STUDY_ARMS", "manual").split(","))
+                              arms=list(settings.demo_arms))
         if not study_cases(s, st.id):
             import_cases(s, st, folder)
-        admin, pw = ensure_admin(s, password=os.environ.get("USAM_STUDY_ADMIN_PASSWORD") or None)
+        admin, pw = ensure_admin(s, password=settings.admin_password)
         if pw:
-            pw_file = data_dir() / "admin_password.txt"
+            pw_file = settings.data_folder() / "admin_password.txt"
             pw_file.write_text(f"login: {admin.login}\npassword: {pw}\n")
             pw_file.chmod(0o600)
         return st.id, str(pw_file) if pw_file else None

@@ -150,7 +150,7 @@ class StudyService:
             user = s.get(Clinician, user.id)
             if user.status == "dropped":
                 raise AuthError("This account was closed by the study administrator.")
-            token = open_session(s, user)
+            token = open_session(s, user, ttl=self.db.settings.session_ttl)
             ops.audit(s, user.id, "login", f"clinician:{user.id}", address=address)
             return token
 
