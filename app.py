@@ -13,7 +13,9 @@ os.environ.setdefault("GRADIO_RUN_HISTORY", "False")
 def _warm_up(ctx) -> None:
     """Load the model and the slow imports in the background so the first click does not wait."""
     import importlib
+    import logging
     import threading
+    import traceback
 
     def work() -> None:
         try:
@@ -22,8 +24,8 @@ def _warm_up(ctx) -> None:
 
             demo_case(0, ctx.config.demo_size)
             importlib.import_module("monai.metrics.utils")  # first reference metrics otherwise stall ~10 s
-        except Exception as exc:  # the page reports real errors when a user triggers them
-            print(f"warm-up skipped: {exc}", file=sys.stderr)
+        except Exception:  # the page reports real errors when a user triggers them; the log keeps this one
+            logging.getLogger("usam.app").warning("warm-up skipped:\n%s", traceback.format_exc())
 
     threading.Thread(target=work, name="usam-warm-up", daemon=True).start()
 

@@ -82,16 +82,13 @@ def _make_replacements(pu):
 
     save_pil_to_cache.__usam_atomic__ = True          # type: ignore[attr-defined]
     save_bytes_to_cache.__usam_atomic__ = True        # type: ignore[attr-defined]
-    try:                                              # keep Gradio's profiling phases
-        from gradio.profiling import traced_sync
+    from gradio.profiling import traced_sync        # keep Gradio's profiling phases (gradio 6.31 pinned)
 
-        save_pil_to_cache_t = traced_sync("postprocess_save_pil_to_cache")(save_pil_to_cache)
-        save_bytes_to_cache_t = traced_sync("postprocess_save_bytes_to_cache")(save_bytes_to_cache)
-        save_pil_to_cache_t.__usam_atomic__ = True    # type: ignore[attr-defined]
-        save_bytes_to_cache_t.__usam_atomic__ = True  # type: ignore[attr-defined]
-        return save_pil_to_cache_t, save_bytes_to_cache_t
-    except ImportError:
-        return save_pil_to_cache, save_bytes_to_cache
+    save_pil_to_cache_t = traced_sync("postprocess_save_pil_to_cache")(save_pil_to_cache)
+    save_bytes_to_cache_t = traced_sync("postprocess_save_bytes_to_cache")(save_bytes_to_cache)
+    save_pil_to_cache_t.__usam_atomic__ = True    # type: ignore[attr-defined]
+    save_bytes_to_cache_t.__usam_atomic__ = True  # type: ignore[attr-defined]
+    return save_pil_to_cache_t, save_bytes_to_cache_t
 
 
 def install() -> bool:

@@ -153,18 +153,11 @@ def measurement_findings(m: dict[str, Any], labels: np.ndarray | None = None,
 
     tml, nml = num("tumor_ml"), num("normal_rectum_ml")
     ext, dia = num("tumor_craniocaudal_extent_mm"), num("tumor_max_axial_diameter_mm")
-    if tml > MAX_TUMOR_ML:
-        out.append(Finding("measurement", f"Tumour volume {tml:.1f} mL is implausible for a rectal tumour "
-                                          f"(> {MAX_TUMOR_ML:g} mL)."))
-    if nml > MAX_NORMAL_ML:
-        out.append(Finding("measurement", f"Normal rectal wall volume {nml:.1f} mL is implausible "
-                                          f"(> {MAX_NORMAL_ML:g} mL)."))
-    if ext > MAX_TUMOR_EXTENT_MM:
-        out.append(Finding("measurement", f"Tumour extent {ext:.0f} mm is longer than a rectum "
-                                          f"(> {MAX_TUMOR_EXTENT_MM:g} mm)."))
-    if dia > MAX_TUMOR_DIAMETER_MM:
-        out.append(Finding("measurement", f"Tumour diameter {dia:.0f} mm is implausible "
-                                          f"(> {MAX_TUMOR_DIAMETER_MM:g} mm)."))
+    limits = ((tml, MAX_TUMOR_ML, "Tumour volume {v:.1f} mL is implausible for a rectal tumour (> {lim:g} mL)."),
+              (nml, MAX_NORMAL_ML, "Normal rectal wall volume {v:.1f} mL is implausible (> {lim:g} mL)."),
+              (ext, MAX_TUMOR_EXTENT_MM, "Tumour extent {v:.0f} mm is longer than a rectum (> {lim:g} mm)."),
+              (dia, MAX_TUMOR_DIAMETER_MM, "Tumour diameter {v:.0f} mm is implausible (> {lim:g} mm)."))
+    out.extend(Finding("measurement", text.format(v=v, lim=lim)) for v, lim, text in limits if v > lim)
     if labels is not None and spacing is not None:
         zs = np.flatnonzero(np.asarray(labels).any(axis=(1, 2)))
         if zs.size:

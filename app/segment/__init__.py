@@ -30,11 +30,11 @@ from app.segment.runs import propagate_box, segment_volume
 from app.segment.session import CLASS_CHOICES, MODES, PromptItem, Session
 
 __all__ = [
-    "CLASS_CHOICES", "DEMO_CASES", "MODES", "SESSION_FORMAT", "PromptItem", "Session", "add_box", "add_point",
+    "CLASS_CHOICES", "DEMO_CASES", "MODES", "PromptItem", "SESSION_FORMAT", "Session", "add_box", "add_point",
     "apply_action", "as_number", "checked_window", "clear_slice", "demo_case", "export_measurements",
-    "export_nifti", "export_session", "live_session_bytes", "load_demo", "load_file", "load_reference", "md", "measurements",
-    "metric_rows", "model_prompts", "navigate", "propagate_box", "read_session_file", "redo",
-    "reference_metrics", "replay_session", "segment_slice", "segment_volume", "session_dict",
-    "set_display", "set_slice", "set_window", "set_window_preset", "slice_status", "start_session",
-    "timing_text", "undo", "upload_name", "viewer_payload", "volume_summary",
+    "export_nifti", "export_session", "live_session_bytes", "load_demo", "load_file", "load_reference", "md",
+    "measurements", "metric_rows", "model_prompts", "navigate", "propagate_box", "read_session_file", "redo",
+    "reference_metrics", "replay_session", "segment_slice", "segment_volume", "session_dict", "set_display",
+    "set_slice", "set_window", "set_window_preset", "slice_status", "start_session", "timing_text", "undo",
+    "upload_name", "viewer_payload", "volume_summary",
 ]
