@@ -133,6 +133,10 @@ CONTOUR_CSS = """
 .uc-sum td { padding: 1px 10px 1px 0; }
 """
 
+# after a refused call (the page shows the message): take input again, edits kept
+CONTOUR_UNBUSY_JS = """() => { const r = document.querySelector('#study-contour .uc-root');
+  if (r && r.__contour) r.__contour.unbusy(); }"""
+
 # No backticks and no dollar-brace below: Gradio evaluates templates as JS template strings.
 CONTOUR_JS = r"""
 const root = element.querySelector('.uc-root');
@@ -367,8 +371,9 @@ function redo() {
 function setBusy(b) {
   busy = b; root.classList.toggle('busy', b);
   clearTimeout(busyTimer);
-  // a refused call (error message shown) leaves the page as it was, edits included
-  if (b) busyTimer = setTimeout(function () { setBusy(false); }, 6000);
+  // a refused call ends busy through the event's failure hook (CONTOUR_UNBUSY_JS); this is
+  // the fallback should that never come (a lost connection): the edits stay either way
+  if (b) busyTimer = setTimeout(function () { setBusy(false); }, 10000);
 }
 function go(kind, extra) {
   if (!data || busy) return;
@@ -567,6 +572,7 @@ root.__contour = {
   text: function () { return labels && data ? encode(labels, data.h, data.w) : null; },
   view: function () { return {k: view.k, ox: view.ox, oy: view.oy, base: baseK()}; },
   data: function () { return data; }, dirty: function () { return dirty; }, busy: function () { return busy; },
+  unbusy: function () { setBusy(false); },
   toClient: function (x, y) {
     const r = canvas.getBoundingClientRect(), s = toScreen(x, y); return [r.left + s[0], r.top + s[1]];
   }

@@ -25,7 +25,7 @@ import numpy as np
 import gradio as gr
 
 from app.contour import ARM_TEXT, ContourHandlers, _not_done, grey
-from app.contour_js import CONTOUR_CSS, CONTOUR_HTML, CONTOUR_JS
+from app.contour_js import CONTOUR_CSS, CONTOUR_HTML, CONTOUR_JS, CONTOUR_UNBUSY_JS
 from app.render import CLASS_COLORS, DEFAULT_PRESET, WINDOW_PRESETS
 from usam.errors import UsamError
 
@@ -437,15 +437,20 @@ def build_study_tab(ctx: Any) -> StudyTab:
                                  api_name="study_logout")
     _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, session_box)
     page = [token, cur, mask_in, aid_in]
-    contour.next(E(tab.next_slice), page + [preset], [cur] + CASE, api_name="study_next")
-    contour.previous(E(tab.previous_slice), page + [preset], [cur] + CASE, api_name="study_previous")
-    contour.goto(E(tab.goto), page + [zs, preset], [cur] + CASE, api_name="study_goto")
-    contour.copy(E(tab.copy_previous), [token, cur, aid_in, preset], [cur] + CASE, api_name="study_copy_previous")
-    contour.nothing(E(tab.nothing), [token, cur, aid_in, preset], [cur] + CASE, api_name="study_nothing")
-    contour.interpolate(E(tab.interpolate), page + [preset], [cur] + CASE, api_name="study_interpolate")
+    quiet = dict(show_progress="hidden")      # the tool shows its own "saving…"; errors as one message
+    events = [
+        contour.next(E(tab.next_slice), page + [preset], [cur] + CASE, api_name="study_next", **quiet),
+        contour.previous(E(tab.previous_slice), page + [preset], [cur] + CASE, api_name="study_previous", **quiet),
+        contour.goto(E(tab.goto), page + [zs, preset], [cur] + CASE, api_name="study_goto", **quiet),
+        contour.copy(E(tab.copy_previous), [token, cur, aid_in, preset], [cur] + CASE,
+                     api_name="study_copy_previous", **quiet),
+        contour.nothing(E(tab.nothing), [token, cur, aid_in, preset], [cur] + CASE, api_name="study_nothing", **quiet),
+        contour.interpolate(E(tab.interpolate), page + [preset], [cur] + CASE, api_name="study_interpolate", **quiet),
+        contour.submit(E(tab.submit), page + [preset], [cur, status] + CASE, api_name="study_submit", **quiet)]
+    for ev in events:       # a refused call: the tool takes input again at once, the reader's edits kept
+        ev.failure(None, None, None, js=CONTOUR_UNBUSY_JS, api_visibility="private", show_progress="hidden")
     preset.change(E(lambda t, c, p: tab.rewindow(t, c, p) if isinstance(c, dict) else (gr.skip(), gr.skip())),
                   [token, cur, preset], [contour, prompt_img], api_name="study_window")
-    contour.submit(E(tab.submit), page + [preset], [cur, status] + CASE, api_name="study_submit")
     timer.tick(E(tab.heartbeat), [hb_visible, hb_input, token, cur], None, js=HEARTBEAT_JS,
                api_name="study_heartbeat", show_progress="hidden")
     prompt_img.select(E(tab.prompt_click), [token, cur, cls_in, preset], [cur, prompt_img, prompt_info],

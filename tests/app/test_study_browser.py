@@ -265,6 +265,32 @@ def test_brush_polygon_zoom_pan_and_resume_in_a_new_context(app, browser):
     assert np.array_equal(_stored(svc, "painter")[START][0], painted)
     assert sorted(_stored(svc, "painter")) == [START, START + 1]      # looking saved nothing
     page2.screenshot(path=str(SHOTS / "contour_resumed.png"))
+
+    # a refused save (the session expired meanwhile): the message, the tool usable again at once,
+    # the edits still on the page, nothing stored
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from study.models import AuthSession, Clinician, utcnow
+    with svc.db.session() as s:
+        uid = s.scalar(select(Clinician.id).where(Clinician.login == "painter"))
+        s.execute(update(AuthSession).where(AuthSession.clinician_id == uid)
+                  .values(expires_at=utcnow() - timedelta(seconds=1)))
+    page2.locator("#study-contour .uc-root").focus()
+    page2.keyboard.press("2")
+    page2.mouse.click(*_xy(page2, 30, 5))
+    edited = _labels(page2)
+    t0 = time.monotonic()
+    _act(page2, "next")
+    page2.wait_for_function(f"() => !{HOOK}.busy()", timeout=8_000)       # the fallback would take 10 s
+    assert time.monotonic() - t0 < 8
+    assert _data(page2)["z"] == START + 1 and np.array_equal(_labels(page2), edited)
+    assert page2.evaluate(f"() => {HOOK}.dirty()")
+    page2.get_by_text("log in again", exact=False).first.wait_for(timeout=10_000)       # the message
+    page2.screenshot(path=str(SHOTS / "contour_refused.png"))
+    assert sorted(_stored(svc, "painter")) == [START, START + 1]
+    assert not (_stored(svc, "painter")[START + 1][0] == edited).all()
     ctx2.close()
 
 
