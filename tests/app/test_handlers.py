@@ -249,3 +249,15 @@ def test_replay_with_the_real_predictor_is_exact(tmp_path, small_case):
     assert report["labels_match"] and np.array_equal(replayed.labels, s.labels)
     s.close()
     replayed.close()
+
+
+@pytest.mark.parametrize("bad", [dict(cls="Bladder"), dict(visible=["Tumor", "Bone"]), dict(mode="Lasso"),
+                                 dict(visible="Tumor"), dict(cls=3)])
+def test_set_display_checks_every_value_before_setting_any(fake_session, bad):
+    s = fake_session
+    before = (s.opacity, s.visible, s.mode, s.cls)
+    with pytest.raises(PromptError):
+        H.set_display(s, **{"opacity": 0.9, "visible": ["Normal rectum"], "mode": "Box", "cls": "Tumor", **bad})
+    assert (s.opacity, s.visible, s.mode, s.cls) == before
+    H.set_display(s, opacity=0.9, visible=["Tumor", 1], mode="Box", cls=2)
+    assert (s.opacity, s.visible, s.mode, s.cls) == (0.9, (1, 2), "Box", 2)
