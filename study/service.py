@@ -115,7 +115,7 @@ class StudyService:
         for _ in range(8):
             try:
                 with self.db.session() as s:
-                    refusal = throttle.reserve(s, login, address)
+                    refusal = throttle.reserve(s, login, address, limits=self.db.settings.login)
                     if refusal is not None:
                         ops.audit(s, None, "login_throttled", login[:128], address=address, scope=refusal.scope,
                                   wait_s=round(refusal.wait_s, 1))

@@ -2,13 +2,13 @@
 
 The app (app/study_tab.py) and the CLI (study/__main__.py) call ``StudySettings.from_env(os.environ)``
 and pass the object down (Database, StudyService, ops, cases); nothing below them reads the
-environment. The variables, their defaults and meanings are listed once, in README ("Observer
-study"); each field below names its variable.
+environment. The variables, their defaults and meanings are listed once: USAM_STUDY_* in README
+("Observer study"), USAM_LOGIN_* in docs/SECURITY.md ("Limits"); each field below names its variable.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Mapping
@@ -25,6 +25,38 @@ class SettingsError(UsamError):
 
 
 @dataclass(frozen=True)
+class LoginLimits:
+    """The login throttle's rules (study/throttle.py explains them); the defaults are the documented ones."""
+
+    free_failures: int = 3              # USAM_LOGIN_FREE_FAILURES: failures of one (login, address) before waits
+    backoff_s: float = 2.0              # USAM_LOGIN_BACKOFF_S: first wait, doubling
+    backoff_max_s: float = 900.0        # USAM_LOGIN_BACKOFF_MAX_S: longest wait
+    pair_reset_s: float = 3600.0        # USAM_LOGIN_PAIR_RESET_S: quiet time that forgets a pair's failures
+    address_limit: int = 100            # USAM_LOGIN_ADDRESS_LIMIT: failures per address per window
+    address_window_s: float = 3600.0    # USAM_LOGIN_ADDRESS_WINDOW_S
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> LoginLimits:
+        """Parse the USAM_LOGIN_* variables (unset or empty: the default); SettingsError names a bad one."""
+        values = {}
+        for f in fields(cls):
+            name = "USAM_LOGIN_" + f.name.upper()
+            text = (environ.get(name) or "").strip()
+            if not text:
+                continue
+            try:
+                v = float(text)
+            except ValueError:
+                v = math.nan
+            whole = f.type in (int, "int")
+            if not (math.isfinite(v) and v >= 0) or (whole and v != int(v)):
+                kind = "a whole number" if whole else "a number of seconds"
+                raise SettingsError(f"{name} must be {kind} of at least 0, not {text[:40]!r}")
+            values[f.name] = int(v) if whole else v
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class StudySettings:
     """What the study's environment configures; the defaults are the documented ones."""
 
@@ -35,6 +67,7 @@ class StudySettings:
     demo_arms: tuple[str, ...] = ("manual",)   # USAM_STUDY_ARMS
     admin_password: str | None = field(default=None, repr=False)   # USAM_STUDY_ADMIN_PASSWORD; never shown
     warmup: str = "auto"                       # USAM_STUDY_WARMUP
+    login: LoginLimits = LoginLimits()         # USAM_LOGIN_*
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> StudySettings:
@@ -72,7 +105,8 @@ class StudySettings:
         data = get("USAM_STUDY_DATA")
         return cls(db_url=get("USAM_STUDY_DB"), data_dir=Path(data).expanduser() if data else d.data_dir,
                    session_hours=session_hours, demo_size=size, demo_arms=arms,
-                   admin_password=environ.get("USAM_STUDY_ADMIN_PASSWORD") or None, warmup=warmup)
+                   admin_password=environ.get("USAM_STUDY_ADMIN_PASSWORD") or None, warmup=warmup,
+                   login=LoginLimits.from_env(environ))
 
     @property
     def session_ttl(self) -> timedelta:

@@ -18,7 +18,6 @@ addresses is the per-address limit, argon2's cost and the refusal of common pass
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,22 +25,25 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from study.models import LoginThrottle, utcnow
+from study.settings import LoginLimits
 
 
-def _env(name: str, default: float) -> float:
-    try:
-        v = float(os.environ.get(name, default))
-    except ValueError:
-        return default
-    return v if v >= 0 else default
+# The defaults (LoginLimits, from USAM_LOGIN_* via StudySettings); the service passes its settings'
+# limits, callers without settings (tests, tools) get these module values.
+_DEFAULTS = LoginLimits()
+FREE_FAILURES = _DEFAULTS.free_failures
+BACKOFF_S = _DEFAULTS.backoff_s
+BACKOFF_MAX_S = _DEFAULTS.backoff_max_s
+PAIR_RESET_S = _DEFAULTS.pair_reset_s
+ADDRESS_LIMIT = _DEFAULTS.address_limit
+ADDRESS_WINDOW_S = _DEFAULTS.address_window_s
 
 
-FREE_FAILURES = int(_env("USAM_LOGIN_FREE_FAILURES", 3))
-BACKOFF_S = _env("USAM_LOGIN_BACKOFF_S", 2.0)
-BACKOFF_MAX_S = _env("USAM_LOGIN_BACKOFF_MAX_S", 900.0)
-PAIR_RESET_S = _env("USAM_LOGIN_PAIR_RESET_S", 3600.0)
-ADDRESS_LIMIT = int(_env("USAM_LOGIN_ADDRESS_LIMIT", 100))
-ADDRESS_WINDOW_S = _env("USAM_LOGIN_ADDRESS_WINDOW_S", 3600.0)
+def _limits(limits: LoginLimits | None) -> LoginLimits:
+    """The given limits, else the module's defaults (read at call time)."""
+    if limits is not None:
+        return limits
+    return LoginLimits(FREE_FAILURES, BACKOFF_S, BACKOFF_MAX_S, PAIR_RESET_S, ADDRESS_LIMIT, ADDRESS_WINDOW_S)
 
 
 class Raced(Exception):
@@ -69,11 +71,12 @@ def _utc(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def backoff_s(failures: int) -> float:
+def backoff_s(failures: int, limits: LoginLimits | None = None) -> float:
     """Seconds an attempt must wait after `failures` failures of one (login, address)."""
-    if failures < FREE_FAILURES:
+    lim = _limits(limits)
+    if failures < lim.free_failures:
         return 0.0
-    return min(BACKOFF_S * 2.0 ** (failures - FREE_FAILURES), BACKOFF_MAX_S)
+    return min(lim.backoff_s * 2.0 ** (failures - lim.free_failures), lim.backoff_max_s)
 
 
 def pair_key(login: str, address: str) -> str:
@@ -110,30 +113,33 @@ def _cas(s: Session, row: LoginThrottle, **values) -> None:
         raise Raced()
 
 
-def reserve(s: Session, login: str, address: str, now: datetime | None = None) -> Refusal | None:
+def reserve(s: Session, login: str, address: str, now: datetime | None = None,
+            limits: LoginLimits | None = None) -> Refusal | None:
     """Charge one failed attempt to both counters before the password is checked; a Refusal
     (nothing charged) when either counter says wait. Raises Raced: roll back and call again."""
+    lim = _limits(limits)
     now = now or utcnow()
     pair = _row(s, pair_key(login, address), now)
     if pair.version == 0:                # a new key: drop counters nobody needs any more (bounded table)
-        prune(s, now)
+        prune(s, now, lim)
     addr = _row(s, address_key(address), now)
-    pf = 0 if (now - _utc(pair.last_t)).total_seconds() > PAIR_RESET_S else pair.failures
+    pf = 0 if (now - _utc(pair.last_t)).total_seconds() > lim.pair_reset_s else pair.failures
     if pf and now < _utc(pair.next_allowed):
         return Refusal("login", (_utc(pair.next_allowed) - now).total_seconds())
-    window_open = (now - _utc(addr.window_start)).total_seconds() <= ADDRESS_WINDOW_S
+    window_open = (now - _utc(addr.window_start)).total_seconds() <= lim.address_window_s
     af = addr.failures if window_open else 0
-    if af >= ADDRESS_LIMIT:
-        return Refusal("address", ADDRESS_WINDOW_S - (now - _utc(addr.window_start)).total_seconds())
-    _cas(s, pair, failures=pf + 1, next_allowed=now + timedelta(seconds=backoff_s(pf + 1)), last_t=now)
+    if af >= lim.address_limit:
+        return Refusal("address", lim.address_window_s - (now - _utc(addr.window_start)).total_seconds())
+    _cas(s, pair, failures=pf + 1, next_allowed=now + timedelta(seconds=backoff_s(pf + 1, lim)), last_t=now)
     _cas(s, addr, failures=af + 1, window_start=addr.window_start if window_open else now, last_t=now)
     return None
 
 
-def prune(s: Session, now: datetime | None = None) -> int:
+def prune(s: Session, now: datetime | None = None, limits: LoginLimits | None = None) -> int:
     """Delete counters whose last attempt is older than both windows (they would be reset anyway)."""
+    lim = _limits(limits)
     now = now or utcnow()
-    horizon = now - timedelta(seconds=max(PAIR_RESET_S, ADDRESS_WINDOW_S, BACKOFF_MAX_S) + 60)
+    horizon = now - timedelta(seconds=max(lim.pair_reset_s, lim.address_window_s, lim.backoff_max_s) + 60)
     return s.execute(delete(LoginThrottle).where(LoginThrottle.last_t < horizon)
                      .execution_options(synchronize_session=False)).rowcount
 

@@ -64,11 +64,19 @@ def _audit(svc, action: str) -> list:
         return [(r.target, r.detail) for r in s.scalars(select(AuditLog).where(AuditLog.action == action))]
 
 
+def login_limits(monkeypatch, svc, **changes) -> None:
+    """Change the service's login throttle limits (its settings' LoginLimits) for one test."""
+    from dataclasses import replace
+
+    s = svc.db.settings
+    monkeypatch.setattr(svc.db, "settings", replace(s, login=replace(s.login, **changes)))
+
+
 # ----------------------------------------------------------------------------- lockout
 def test_guesses_from_one_address_never_lock_out_the_owner(env, monkeypatch):
     from study import throttle
 
-    monkeypatch.setattr(throttle, "BACKOFF_S", 600.0)   # the waits outlast this test's slowest API call
+    login_limits(monkeypatch, env["svc"], backoff_s=600.0)   # the waits outlast this test's slowest API call
 
     svc = env["svc"]
     seen = len(_audit(svc, "login_throttled"))
@@ -141,9 +149,7 @@ def test_counters_of_old_attempts_are_pruned(env):
 
 
 def test_per_address_limit_over_many_logins_through_the_api(env, monkeypatch):
-    from study import throttle
-
-    monkeypatch.setattr(throttle, "ADDRESS_LIMIT", 4)
+    login_limits(monkeypatch, env["svc"], address_limit=4)
     c = client(env["app"])
     for i in range(4):                                # four different (unknown) logins
         assert "Wrong login or password" in _api_error(_login, c, f"nobody{i}", "bad-password")
@@ -197,9 +203,7 @@ def test_20_parallel_guesses_let_at_most_the_allowed_number_through_sqlite(env):
 
 
 def test_20_parallel_guesses_over_20_logins_respect_the_address_limit_sqlite(env, monkeypatch):
-    from study import throttle
-
-    monkeypatch.setattr(throttle, "ADDRESS_LIMIT", 5)
+    login_limits(monkeypatch, env["svc"], address_limit=5)
     _check_parallel(env["svc"], 5, 20, lambda i: f"reader{i}")
 
 
@@ -219,7 +223,7 @@ def test_20_parallel_guesses_postgres(tmp_path, monkeypatch):
         svc = StudyService(db, cache=CaseCache())
         _check_parallel(svc, throttle.FREE_FAILURES, 20, lambda i: "admin")
         _clear(svc)
-        monkeypatch.setattr(throttle, "ADDRESS_LIMIT", 5)
+        login_limits(monkeypatch, svc, address_limit=5)
         _check_parallel(svc, 5, 20, lambda i: f"reader{i}")
         assert svc.login("admin", ADMIN_PASSWORD, address="10.9.9.9")
         db.dispose()
@@ -232,7 +236,7 @@ def test_forwarded_for_is_ignored_without_a_trusted_proxy(env, monkeypatch):
 
     from study import throttle
 
-    monkeypatch.setattr(throttle, "BACKOFF_S", 600.0)   # the waits outlast this test's slowest API call
+    login_limits(monkeypatch, env["svc"], backoff_s=600.0)   # the waits outlast this test's slowest API call
 
     msgs = []
     for i in range(throttle.FREE_FAILURES + 2):

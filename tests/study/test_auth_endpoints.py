@@ -201,6 +201,8 @@ def test_no_password_or_token_in_logs_responses_or_database(env, caplog, capfd):
 def test_login_throttled_per_user_and_address_and_per_address_through_the_api(env):
     """Guesses throttle the guesser's (login, address) and address, never the owner elsewhere
     (the attacks themselves: tests/security/test_accounts.py)."""
+    from dataclasses import replace
+
     from gradio_client.exceptions import AppError
 
     from study import throttle
@@ -218,7 +220,7 @@ def test_login_throttled_per_user_and_address_and_per_address_through_the_api(en
         db.dispose()
 
     clear_attempts()              # earlier tests' failures from 127.0.0.1 count too (as they should)
-    limit = throttle.ADDRESS_LIMIT
+    settings = svc.db.settings    # the service's login limits (StudySettings.login)
     try:
         c = client(env["app"])
         c.predict(STUDY_CODE, "reader.four", "reader-pw-4", "Reader Four", 1, 1.0, "", api_name="/study_register")
@@ -230,7 +232,7 @@ def test_login_throttled_per_user_and_address_and_per_address_through_the_api(en
             svc.login("reader.four", "reader-pw-4", address="10.1.0.1")
         assert svc.login("reader.four", "reader-pw-4", address="10.9.9.9")
         # per address, over different logins, through the API
-        throttle.ADDRESS_LIMIT = 5
+        svc.db.settings = replace(settings, login=replace(settings.login, address_limit=5))
         for i in range(5):
             with pytest.raises(AppError, match="Wrong login or password"):
                 _login(c, f"nobody{i}", "bad-password")
@@ -238,5 +240,5 @@ def test_login_throttled_per_user_and_address_and_per_address_through_the_api(en
             _login(c, "admin", ADMIN_PASSWORD)               # correct, but this address waits
         assert svc.login("admin", ADMIN_PASSWORD, address="10.2.2.2")   # another address still may
     finally:
-        throttle.ADDRESS_LIMIT = limit
+        svc.db.settings = settings
         clear_attempts()

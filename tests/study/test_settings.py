@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from study.settings import SettingsError, StudySettings
+from study.settings import LoginLimits, SettingsError, StudySettings
 
 
 def test_defaults_from_an_empty_environment():
@@ -35,6 +35,26 @@ def test_every_variable_is_parsed(tmp_path):
         s.session_hours = 3                                                 # frozen
 
 
+def test_login_limits_parsed():
+    assert StudySettings.from_env({}).login == LoginLimits() == LoginLimits(3, 2.0, 900.0, 3600.0, 100, 3600.0)
+    lim = StudySettings.from_env({"USAM_LOGIN_FREE_FAILURES": "5", "USAM_LOGIN_BACKOFF_S": "0.5",
+                                  "USAM_LOGIN_BACKOFF_MAX_S": "60", "USAM_LOGIN_PAIR_RESET_S": "10",
+                                  "USAM_LOGIN_ADDRESS_LIMIT": "7", "USAM_LOGIN_ADDRESS_WINDOW_S": "0"}).login
+    assert lim == LoginLimits(5, 0.5, 60.0, 10.0, 7, 0.0) and isinstance(lim.free_failures, int)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("USAM_LOGIN_FREE_FAILURES", "2.5", "a whole number"),
+    ("USAM_LOGIN_ADDRESS_LIMIT", "-1", "a whole number"),
+    ("USAM_LOGIN_BACKOFF_S", "soon", "a number of seconds"),
+    ("USAM_LOGIN_PAIR_RESET_S", "inf", "a number of seconds"),
+])
+def test_a_bad_login_limit_names_the_variable(name, value, words):
+    with pytest.raises(SettingsError) as e:
+        StudySettings.from_env({name: value})
+    assert name in str(e.value) and words in str(e.value) and repr(value) in str(e.value)
+
+
 def test_sqlite_in_the_data_folder_by_default(tmp_path):
     s = StudySettings.from_env({"USAM_STUDY_DATA": str(tmp_path / "data")})
     assert s.database_url() == f"sqlite:///{(tmp_path / 'data' / 'study.db').resolve()}"
@@ -63,14 +83,16 @@ def test_the_settings_reach_the_database_service_and_demo_set_up(tmp_path, monke
     in, not from the process environment (which is set to other values here)."""
     from study import ops
     from study.db import Database
+    from study.errors import AuthError, RateLimited
     from study.models import AuthSession, Study
     from study.service import StudyService
 
     monkeypatch.setenv("USAM_STUDY_SESSION_HOURS", "99")
     monkeypatch.setenv("USAM_STUDY_ARMS", "usam_b")
     monkeypatch.setenv("USAM_STUDY_ADMIN_PASSWORD", "not-this-one-please")
+    monkeypatch.setenv("USAM_LOGIN_FREE_FAILURES", "50")
     s = StudySettings.from_env({"USAM_STUDY_DATA": str(tmp_path / "data"), "USAM_STUDY_SESSION_HOURS": "2",
-                                "USAM_STUDY_ARMS": "manual,usam_p",
+                                "USAM_STUDY_ARMS": "manual,usam_p", "USAM_LOGIN_FREE_FAILURES": "1",
                                 "USAM_STUDY_ADMIN_PASSWORD": "demo-admin-password-7"})
     db = Database(settings=s)
     assert db.url == f"sqlite:///{(tmp_path / 'data' / 'study.db').resolve()}"
@@ -90,4 +112,9 @@ def test_the_settings_reach_the_database_service_and_demo_set_up(tmp_path, monke
     with db.session() as ses:
         row = ses.query(AuthSession).one()
         assert abs((row.expires_at - row.created_at) - timedelta(hours=2)) < timedelta(seconds=1)
+    # the login throttle uses the settings' limits: one free failure, then this address waits
+    with pytest.raises(AuthError, match="Wrong login or password"):
+        svc.login("admin", "wrong-password-1", "10.0.0.9")
+    with pytest.raises(RateLimited):
+        svc.login("admin", "wrong-password-2", "10.0.0.9")
     db.dispose()
