@@ -118,3 +118,14 @@ def test_the_settings_reach_the_database_service_and_demo_set_up(tmp_path, monke
     with pytest.raises(RateLimited):
         svc.login("admin", "wrong-password-2", "10.0.0.9")
     db.dispose()
+
+
+def test_the_cli_reads_its_settings_once_and_refuses_a_bad_value(tmp_path, capsys):
+    from study.__main__ import main
+
+    assert main(["init"], environ={"USAM_STUDY_SESSION_HOURS": "soon"}) == 2
+    err = capsys.readouterr().err
+    assert "USAM_STUDY_SESSION_HOURS" in err and "Traceback" not in err and "SettingsError" not in err
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["init"], environ={"USAM_STUDY_DB": url}) == 0
+    assert "database ready" in capsys.readouterr().out and (tmp_path / "cli.db").exists()
