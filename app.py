@@ -32,7 +32,8 @@ def _warm_up(ctx) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags / environment, build the UI and serve it."""
-    from app.context import AppConfig, AppContext, parse_config
+    from app.context import AppContext
+    from app.settings import AppConfig, parse_config
 
     config: AppConfig = parse_config(argv)
     ctx = AppContext(config)

@@ -29,7 +29,8 @@ def _pct(values: list[float], q: float) -> float:
 
 def _context(model_name: str, device: str, demo_size: str):
     """An AppContext on the demo weights (or random demo) or on a random U-SAM of a preset config."""
-    from app.context import AppConfig, AppContext, default_metadata
+    from app.context import AppContext, default_metadata
+    from app.settings import AppConfig
 
     cfg = AppConfig(device=device, demo_size=demo_size)
     if model_name == "demo":
@@ -116,7 +117,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    from app.context import parse_config
+    from app.settings import parse_config
 
     p = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="demo,vit_b", help="comma list: demo (the app's weights) and/or "

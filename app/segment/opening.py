@@ -9,7 +9,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from app.context import SESSION_BYTES_PER_VOXEL, AppContext
+from app.context import AppContext
+from app.settings import SESSION_BYTES_PER_VOXEL
 from app.segment.session import Session
 from usam.errors import VolumeError
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.context import AppContext, AppLimits
+from app.context import AppContext
+from app.settings import AppLimits
 from app.segment import display, prompts, runs
 from app.segment.events import Events, guard, on, view_outputs
 from app.segment.inputs import range_numbers

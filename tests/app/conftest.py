@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.context import AppConfig, AppContext, WeightsInfo
+from app.context import AppContext, WeightsInfo
+from app.settings import AppConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CKPT = ROOT / "checkpoints" / "usam_demo.safetensors"

@@ -172,7 +172,8 @@ def test_truncated_leftover_is_replaced_and_existing_file_reused(tmp_path):
 
 
 def test_build_app_installs_atomic_cache_writes(gradio_own):
-    from app.context import AppConfig, AppContext
+    from app.context import AppContext
+    from app.settings import AppConfig
     from app.main import build_app
 
     assert not gradio_cache.installed()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app import segment as H
-from app.context import AppConfig, parse_config
+from app.settings import AppConfig, parse_config
 from app.render import decode_data_url
 from usam.errors import PromptError, UsamError, VolumeError
 

@@ -117,7 +117,8 @@ class _Evil:
 def test_pickle_checkpoints_refused_unless_trusted(tmp_path):
     import torch
 
-    from app.context import AppConfig, AppContext
+    from app.context import AppContext
+    from app.settings import AppConfig
     from usam.checkpoints import load_checkpoint, load_sam_weights
     from usam.errors import CheckpointError
     from usam.model import build_usam, get_config

@@ -53,7 +53,8 @@ def test_app_limit_matches_the_reader_limit():
     """The server's upload limit (Gradio max_file_size) is at most volumes' own max_bytes."""
     from gradio.utils import _parse_file_size
 
-    from app.context import AppConfig, AppContext
+    from app.context import AppContext
+    from app.settings import AppConfig
     from app.main import launch_kwargs
     from usam.volumes import MAX_FILE_BYTES
 

@@ -1,10 +1,10 @@
-"""The app's settings: read once, at start-up, by app.context.parse_config (issue 14, Configuration)."""
+"""The app's settings: read once, at start-up, by app.settings.parse_config (issue 14, Configuration)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from app.context import parse_config
+from app.settings import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,5 +43,5 @@ def test_only_parse_config_reads_the_environment():
     later = {"study_tab.py", "security.py"}
     reads = {str(f.relative_to(ROOT)): _environment_reads(f) for f in files if f.name not in later}
     reads = {k: v for k, v in reads.items() if v}
-    assert set(reads) == {"app/context.py"}, reads
-    assert len(reads["app/context.py"]) == 1   # parse_config: `os.environ if environ is None else environ`
+    assert set(reads) == {"app/settings.py"}, reads
+    assert len(reads["app/settings.py"]) == 1   # parse_config: `os.environ if environ is None else environ`

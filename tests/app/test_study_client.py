@@ -9,7 +9,8 @@ import socket
 import numpy as np
 import pytest
 
-from app.context import AppConfig, AppContext, WeightsInfo
+from app.context import AppContext, WeightsInfo
+from app.settings import AppConfig
 from tests.study.conftest import END, START, make_study, write_tiny_cohort
 
 PRESET = "Abdomen (400/40)"

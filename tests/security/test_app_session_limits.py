@@ -14,7 +14,7 @@ import pytest
 from app import segment as H
 from app.segment.events import guard
 from app.segment.layout import SegmentEvents
-from app.context import AppConfig, AppLimits, limits_from_env, parse_config
+from app.settings import AppConfig, AppLimits, limits_from_env, parse_config
 from tests.app.conftest import FakeContext, fake_ctx, fake_session, small_case  # noqa: F401 (fixtures)
 from usam.errors import PromptError, UsamError, VolumeError
 from usam.volumes import Volume, canonical_affine

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from usam.errors import VolumeError
-from app.context import AppLimits
+from app.settings import AppLimits
 from usam.volumes import DEFAULT_LIMITS, VolumeLimits, decode_bytes, read_volume
 
 MB = 1 << 20
