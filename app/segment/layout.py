@@ -2,7 +2,8 @@
 
 To add a viewer action: its logic, its event method and its `wire` line go in the feature module
 it belongs to (loading, prompts, runs, display, results, replay); a new component goes below;
-a new event class joins SegmentEvents; its api_name goes into docs/API.md.
+its api_name goes into docs/API.md. (A new feature module adds its event class to SegmentEvents
+and itself to wire_all.)
 """
 from __future__ import annotations
 
