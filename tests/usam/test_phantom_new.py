@@ -211,3 +211,19 @@ def test_unreadable_manifest_is_a_volume_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"cases": 3}))
     with pytest.raises(VolumeError):
         load_cohort(tmp_path)
+
+
+def test_cli_flags_of_python_m_usam_phantom(tmp_path, capsys):
+    import argparse
+
+    from usam.phantom_new import add_arguments, run
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    args = ap.parse_args(["--cases", "2", "--seed", "4", "--out", str(tmp_path / "c"), "--size", "small"])
+    assert run(args) == 0 and "wrote 2 cases" in capsys.readouterr().out
+    rows = load_cohort(tmp_path / "c")
+    assert [r["seed"] for r in rows] == [case_seed(4, 0), case_seed(4, 1)]
+    assert (tmp_path / "c" / rows[1]["anatomy"]).is_file()
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--out", str(tmp_path), "--size", "huge"])
