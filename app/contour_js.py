@@ -151,7 +151,7 @@ let data = null, img = null, labels = null, dirty = false, busy = false, busyTim
 let tool = 'brush', cls = 1, alpha = 0.5;
 let view = {k: 1, ox: 0, oy: 0, fitted: false}, cw = 1, ch = 1;
 let hist = new Map();          // z -> {undo: [Uint8Array], redo: []}, insertion order
-let contours = [], open = null, stroke = null, panning = null, spaceDown = false, hover = null;
+let contours = [], open = null, stroke = null, panning = null, spaceDown = false, hover = null, wantFocus = false;
 const mcan = document.createElement('canvas');
 const mg = mcan.getContext('2d');
 
@@ -394,6 +394,12 @@ function flash(msg) {
   f.textContent = msg; f.style.display = 'block';
   clearTimeout(flash.t); flash.t = setTimeout(function () { f.style.display = 'none'; }, 2500);
 }
+function takeFocus() {
+  if (wantFocus && root.offsetParent !== null) {
+    wantFocus = false;
+    if (!root.contains(document.activeElement)) root.focus({preventScroll: true});
+  }
+}
 function summary() {
   const n = {saved: 0, nothing: 0, interpolated: 0, untouched: 0};
   (data.strip || []).forEach(function (s) { n[s] = (n[s] || 0) + 1; });
@@ -433,6 +439,10 @@ async function update() {
     if (!sameSlice) { contours = []; open = null; }
   }
   if (newCase || !view.k || view.fitted && prev === null) { resize(); fit(); }
+  // a newly opened case takes the keyboard (shortcuts work without a first click); while the
+  // panel is still hidden, it does so when it appears (the resize observer below)
+  if (newCase) wantFocus = true;
+  takeFocus();
   gotoBox.min = v.start; gotoBox.max = v.end; gotoBox.value = v.z;
   setBusy(false);
   buildStrip(); paintMask(); draw();
@@ -578,7 +588,7 @@ root.__contour = {
   }
 };
 window.addEventListener('resize', function () { resize(); draw(); });
-if (window.ResizeObserver) new ResizeObserver(function () { resize(); draw(); }).observe(stage);
+if (window.ResizeObserver) new ResizeObserver(function () { resize(); draw(); takeFocus(); }).observe(stage);
 resize();
 watch('value', update);
 update();

@@ -83,7 +83,9 @@ def _login(browser, url, login):
     page.locator("#study-password input, #study-password textarea").first.fill(PW)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_function(f"() => {{ const h = {HOOK}; return h && h.data() && !h.busy(); }}", timeout=60_000)
-    page.locator("#study-contour .uc-root").focus()
+    # the opened case has the keyboard: shortcuts work without a first click
+    page.wait_for_function("() => document.activeElement === document.querySelector('#study-contour .uc-root')",
+                           timeout=5_000)
     return ctx, page
 
 
