@@ -24,7 +24,7 @@ import numpy as np
 
 import gradio as gr
 
-from app.contour import ARM_TEXT, ContourHandlers, _not_done, grey
+from app.contour import ContourHandlers, _not_done, grey
 from app.contour_js import CONTOUR_CSS, CONTOUR_HTML, CONTOUR_JS, CONTOUR_UNBUSY_JS
 from app.render import CLASS_COLORS, DEFAULT_PRESET, WINDOW_PRESETS
 from usam.errors import UsamError

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from study.masks import decode_labels, encode_labels
-from tests.study.conftest import END, START, make_study, write_tiny_cohort
+from tests.study.conftest import START, make_study, write_tiny_cohort
 
 PRESET = "Abdomen (400/40)"
 PW = "integrity-pass-5"
