@@ -11,20 +11,16 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.reliability.helpers import cheap_argon2, client, make_study_db, table_snapshot
-from tests.reliability.live import launched_app
-from tests.study.conftest import write_tiny_cohort
+from tests.reliability.helpers import client, table_snapshot
+from tests.reliability.live import launched_small_study_app
 
 LIMIT = "1mb"
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    cheap_argon2()
     tmp = tmp_path_factory.mktemp("hostile_api")
-    url = f"sqlite:///{tmp / 'study.db'}"
-    make_study_db(url, write_tiny_cohort(tmp / "cohort", 3), group_sizes=(1, 1, 1), k=1)
-    with launched_app(url, tmp / "data", max_file_size=LIMIT) as (app_url, demo, svc):
+    with launched_small_study_app(tmp, max_file_size=LIMIT) as (app_url, url):
         yield {"url": app_url, "db": url, "tmp": tmp}
 
 

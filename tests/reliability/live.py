@@ -41,3 +41,17 @@ def launched_app(db_url: str, data_dir: Path, max_file_size: str | None = None) 
     finally:
         demo.close()
         db.dispose()
+
+
+@contextlib.contextmanager
+def launched_small_study_app(tmp: Path, max_file_size: str | None = None) -> Iterator[tuple[str, str]]:
+    """launched_app on a fresh small study in `tmp` (3 phantom cases, one reader slot per group);
+    yields (app url, database url)."""
+    from tests.reliability.helpers import cheap_argon2, make_study_db
+    from tests.study.conftest import write_tiny_cohort
+
+    cheap_argon2()
+    db_url = f"sqlite:///{tmp / 'study.db'}"
+    make_study_db(db_url, write_tiny_cohort(tmp / "cohort", 3), group_sizes=(1, 1, 1), k=1)
+    with launched_app(db_url, tmp / "data", max_file_size=max_file_size) as (app_url, _demo, _svc):
+        yield app_url, db_url

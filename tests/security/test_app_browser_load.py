@@ -12,9 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.reliability.helpers import cheap_argon2, make_study_db
-from tests.reliability.live import launched_app
-from tests.study.conftest import write_tiny_cohort
+from tests.reliability.live import launched_small_study_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,11 +25,8 @@ CANVAS_READY = "() => { const c = document.querySelector('#usam-viewer canvas');
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    cheap_argon2()
     tmp = tmp_path_factory.mktemp("sec_browser")
-    url = f"sqlite:///{tmp / 'study.db'}"
-    make_study_db(url, write_tiny_cohort(tmp / "cohort", 3), group_sizes=(1, 1, 1), k=1)
-    with launched_app(url, tmp / "data") as (app_url, demo, svc):
+    with launched_small_study_app(tmp) as (app_url, url):
         yield {"url": app_url, "tmp": tmp}
 
 

@@ -18,20 +18,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.reliability.helpers import cheap_argon2, client, make_study_db, val
-from tests.reliability.live import launched_app
-from tests.study.conftest import write_tiny_cohort
+from tests.reliability.helpers import client, val
+from tests.reliability.live import launched_small_study_app
 
 MB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    cheap_argon2()
     tmp = tmp_path_factory.mktemp("sec_uploads")
-    url = f"sqlite:///{tmp / 'study.db'}"
-    make_study_db(url, write_tiny_cohort(tmp / "cohort", 3), group_sizes=(1, 1, 1), k=1)
-    with launched_app(url, tmp / "data") as (app_url, demo, svc):
+    with launched_small_study_app(tmp) as (app_url, url):
         yield {"url": app_url, "tmp": tmp}
 
 
