@@ -6,17 +6,13 @@ on the outputs, no server path, and the previous volume stays. Screenshots: test
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.app.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 (browser: the fixture)
 from tests.reliability.live import launched_small_study_app
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium missing: apt-get install -y chromium")
 
@@ -28,18 +24,6 @@ def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sec_browser")
     with launched_small_study_app(tmp) as (app_url, url):
         yield {"url": app_url, "tmp": tmp}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run"])
-        yield b
-        b.close()
 
 
 def _text(page, sel: str) -> str:
