@@ -193,35 +193,37 @@ def _checked_preset(page) -> str:
     return page.evaluate("() => document.querySelector('#usam-preset input:checked').closest('label').innerText").strip()
 
 
+def _hud_has(text: str) -> str:
+    """JS: the viewer's top-left line (window, slice) shows this text."""
+    return f"() => document.querySelector('#usam-viewer .uv-tl').innerText.includes({text!r})"
+
+
+def _enter(page, selector: str, value: str, until_js: str):
+    """Type a value into a number box, press Enter and wait until the page shows its effect."""
+    box = page.locator(selector)
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_function(until_js, timeout=60_000)
+    return box
+
+
 def test_preset_radio_follows_manual_window_and_reapplies(browser, live_app):  # noqa: F811
     url, _ = live_app
     page = _open(browser, url)
     assert _checked_preset(page) == "Abdomen (400/40)"
-    w_box = page.locator("#usam-win-w input")
-    w_box.fill("700")
-    w_box.press("Enter")
-    page.wait_for_function("() => document.querySelector('#usam-viewer .uv-tl').innerText.includes('W 700')",
-                           timeout=60_000)
+    w_box = _enter(page, "#usam-win-w input", "700", _hud_has("W 700"))
     page.wait_for_function("() => document.querySelector('#usam-preset input:checked')"
                            ".closest('label').innerText.trim() === 'Custom'", timeout=30_000)
     # the preset clicked again applies it: window, W/L boxes and radio
     page.locator("#usam-preset label", has_text="Abdomen").click()
-    page.wait_for_function("() => document.querySelector('#usam-viewer .uv-tl').innerText.includes('W 400')",
-                           timeout=60_000)
+    page.wait_for_function(_hud_has("W 400"), timeout=60_000)
     assert w_box.input_value() == "400" and _checked_preset(page) == "Abdomen (400/40)"
     # Enter in the level box acts too
-    l_box = page.locator("#usam-win-l input")
-    l_box.fill("60")
-    l_box.press("Enter")
-    page.wait_for_function("() => document.querySelector('#usam-viewer .uv-tl').innerText.includes('L 60')",
-                           timeout=60_000)
+    _enter(page, "#usam-win-l input", "60", _hud_has("L 60"))
     assert _checked_preset(page) == "Custom"
     # opacity: typing a value and Enter in its box acts
-    op = page.locator("#usam-opacity input[type=number]")
-    op.fill("0.9")
-    op.press("Enter")
-    page.wait_for_function("() => document.querySelector('#usam-viewer .uv-root').__uv.state().opacity === 0.9",
-                           timeout=60_000)
+    _enter(page, "#usam-opacity input[type=number]", "0.9",
+           "() => document.querySelector('#usam-viewer .uv-root').__uv.state().opacity === 0.9")
     time.sleep(0.3)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "viewer_presets.png"), full_page=True)
