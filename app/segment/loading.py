@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -47,7 +47,7 @@ def load_file(ctx: AppContext, path: str | Path, delete_after: bool = True) -> S
             path.unlink(missing_ok=True)  # privacy: no copy of the upload outlives the read
 
 
-def _file_axes(v: object) -> str:
+def _file_axes(v: Any) -> str:
     """Orientation codes of the file's own voxel axes, from its on-disk affine ('' when it has none)."""
     import nibabel as nib
 
