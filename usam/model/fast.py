@@ -1,11 +1,10 @@
 """The inference model: a trained U-SAM's decoder with the speed-ups that pay, built once.
 
 `FastUsam(model)` (or `optimize_for_inference(model, device)` where a model is loaded) wraps a
-trained Usam in eval mode. It shares the model's modules (nothing is copied, replaced or
-rebound; the model's state dict is untouched) and holds, as non-persistent buffers, weights
-derived from the decoder once at construction. Same logits up to fp32 rounding
-(tests/usam/test_fast.py). Rebuild it after changing the model's weights: the derived buffers
-are a snapshot.
+trained Usam in eval mode. It shares the model's modules (nothing of the model is replaced or
+rebound; its state dict is untouched) and holds, as non-persistent buffers, weights derived from
+the model once at construction. Same logits up to fp32 rounding (tests/usam/test_fast.py).
+Rebuild it after changing the model's weights: the derived buffers are a snapshot.
 
 What it changes, each measured to pay on the 2-core CPU (docs/BENCHMARKS.md):
 
@@ -17,14 +16,17 @@ What it changes, each measured to pay on the 2-core CPU (docs/BENCHMARKS.md):
   no transposed conv); interleaving its four phases, adding the prompt-free part and the ReLU
   are one pass over the 2x map.
 - batched hypernetworks: the mask tokens' MLPs as one batched matrix product per layer.
+- the adapter as a copy with BatchNorm folded into its convs, run NHWC (without it the demo's
+  whole volume measured 16 % slower than before).
 
 BatchNorm is folded into the derived convolutions and their weights are channels_last (NHWC),
 as oneDNN runs them without reorders; that is how the derived weights are written, not a switch.
-The encoder (adapter, ViT), the prompt encoder and the two-way transformer are the model's own
-modules, and the decoder's data flow is UsamMaskDecoder.run: a change of the decoder's inputs is
-made there once. Switches measured and dropped (SDPA attention, LoRA merge, a GEMM head, the
-mask product folded into up1, a cached dense PE, bf16 autocast inside the model): see
-docs/BENCHMARKS.md; CUDA autocast is the caller's (usam.predictor).
+The ViT (whose attention is SDPA in the model itself, usam.model.image_encoder), the prompt
+encoder and the two-way transformer are the model's own modules; the encoder's wiring is
+Usam.encode and the decoder's data flow UsamMaskDecoder.run, for both models: a change of the
+decoder's inputs is made there once. Switches measured and dropped (SDPA in the two-way
+transformer, LoRA merge, a GEMM head, the mask product folded into up1, a cached dense PE, bf16
+autocast inside the model): see docs/BENCHMARKS.md; CUDA autocast is the caller's (usam.predictor).
 """
 from __future__ import annotations
 
