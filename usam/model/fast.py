@@ -1,4 +1,4 @@
-"""The inference model: a trained U-SAM's decoder with the speed-ups that pay, built once.
+"""The inference model: a trained U-SAM with the speed-ups that pay, built once.
 
 `FastUsam(model)` (or `optimize_for_inference(model, device)` where a model is loaded) wraps a
 trained Usam in eval mode. It shares the model's modules (nothing of the model is replaced or
