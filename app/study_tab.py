@@ -429,8 +429,10 @@ def build_study_tab(ctx: Any) -> StudyTab:
         a_status = gr.Markdown()
 
     CASE = [info, zs, contour, prompt_img, prompt_info]
-    reg_ev = reg_btn.click(E(tab.register, [rpw_in]), [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in],
-                           [status], api_name="study_register")
+    # Enter in the years box registers like the button (one event, one endpoint)
+    reg_ev = gr.on([reg_btn.click, years_in.submit], E(tab.register, [rpw_in]),
+                   [code_in, rlogin_in, rpw_in, name_in, group_in, years_in, spec_in], [status],
+                   api_name="study_register")
     login_ev = login_btn.click(E(tab.login, [pw_in]), [login_in, pw_in, preset],
                                [token, cur, status, reader_panel, admin_panel] + CASE, api_name="study_login")
     logout_ev = logout_btn.click(E(tab.logout), [token], [token, cur, status, reader_panel, admin_panel] + CASE,
@@ -462,7 +464,9 @@ def build_study_tab(ctx: Any) -> StudyTab:
     token.change(E(tab.admin_on_login), [token], ADMIN, api_visibility="private")
     export_btn.click(E(tab.admin_export), [token], [export_file], api_name="study_admin_export")
     drop_btn.click(E(tab.admin_drop), [token, rid_in], [a_status], api_name="study_admin_drop")
-    setg_btn.click(E(tab.admin_set_group), [token, rid_in, rgroup_in], [a_status], api_name="study_admin_set_group")
+    # Enter in the reader id box sets the group (never drops: that stays a deliberate click)
+    gr.on([setg_btn.click, rid_in.submit], E(tab.admin_set_group), [token, rid_in, rgroup_in], [a_status],
+          api_name="study_admin_set_group")
     models_btn.click(E(tab.admin_run_models), [token], [a_status], api_name="study_admin_run_models",
                      show_progress_on=[a_status]).success(E(tab.admin_refresh), [token], ADMIN,
                                                            api_visibility="private")

@@ -225,3 +225,20 @@ def test_readers_see_only_their_own_work(study_app):
     bg = decode_data_url(editor["slice"])
     assert bg.shape[:2] == (40, 40)
     assert bg.ndim == 2                                                    # grey: no coloured labels
+
+
+def test_enter_in_the_number_boxes_acts_like_their_buttons(study_app):
+    """Enter in the register form's years box registers; in the admin's reader id box it sets the
+    group (the same endpoint as the button), never drops the reader."""
+    import httpx
+
+    url = study_app[0]
+    cfg = httpx.get(url + "config").json()
+    ids = {c["props"].get("label"): c["id"] for c in cfg["components"] if c.get("type") == "number"}
+    deps = {d["api_name"]: d for d in cfg["dependencies"] if d.get("api_name")}
+    targets = {api: [tuple(t) for t in deps[api]["targets"]] for api in
+               ("study_register", "study_admin_set_group", "study_admin_drop")}
+    assert (ids["Years of experience"], "submit") in targets["study_register"]
+    assert (ids["Reader id"], "submit") in targets["study_admin_set_group"]
+    assert len(targets["study_register"]) == len(targets["study_admin_set_group"]) == 2   # and the button
+    assert all(t[0] != ids["Reader id"] for t in targets["study_admin_drop"])
