@@ -13,6 +13,7 @@ from study import assignment as asg
 from study.auth import hash_password
 from study.cases import CaseSpec, case_record, read_specs
 from study.errors import Conflict, InvalidInput, NotFound
+from study.inputs import check_group, check_years
 from study.logins import check_login, clashing_login
 from study.models import Assignment, AuditLog, Case, Clinician, Study, Submission
 from study.passwords import check_password
@@ -117,8 +118,7 @@ def claim_slot(s: Session, study: Study, user: Clinician) -> int:
     deadlock; SQLite ignores it and lets one writer in at a time), and the claim itself is one
     conditional UPDATE that never takes rows another reader holds. (Without the lock,
     PostgreSQL let two readers claim the same slot and the first one was left without cases.)"""
-    if user.group not in (1, 2, 3):
-        raise InvalidInput("Choose experience group 1, 2 or 3.")
+    check_group(user.group)
     s.execute(select(Study.id).where(Study.id == study.id).with_for_update(key_share=True))
     if s.scalar(select(func.count()).select_from(Assignment).where(Assignment.clinician_id == user.id)):
         return -1
@@ -166,17 +166,15 @@ def add_clinician(s: Session, login: str, password: str, role: str = "reader", n
     check_password(password, login)           # long enough, not blank, not a common password
     if role not in ("reader", "admin"):
         raise InvalidInput("Role is reader or admin.")
-    if group is not None and group not in (1, 2, 3):
-        raise InvalidInput("Experience group is 1, 2 or 3.")
-    if years is not None and not 0 <= float(years) <= 80:
-        raise InvalidInput("Years of experience must be between 0 and 80.")
+    group = None if group is None else check_group(group)
+    years = check_years(years)
     if s.scalar(select(Clinician).where(Clinician.login == login)):
         raise Conflict(f"The login {login!r} is taken.")
     clash = clashing_login(login, list(s.scalars(select(Clinician.login))))
     if clash is not None:
         raise Conflict("This login looks like an existing one; choose a clearly different login.")
     user = Clinician(login=login, password_hash=hash_password(password), role=role, name=str(name)[:200],
-                     group=group, years_experience=None if years is None else float(years),
+                     group=group, years_experience=years,
                      specialty=str(specialty)[:200], study_id=study.id if study else None, simulated=simulated)
     s.add(user)
     s.flush()

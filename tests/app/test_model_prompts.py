@@ -26,9 +26,9 @@ def test_a_box_on_the_last_pixel_column_reaches_the_model_frame():
 
 def test_the_app_and_the_study_give_the_same_model_frame_box():
     """The two caller copies used to disagree (+1 and no clip in the study): one conversion now."""
-    from study.service import _to_prompts
+    from study.ai_arms import to_prompts
 
     h, w = 96, 80
     app_box = model_prompts((PromptItem("box", box=(4, 5, 70, 90)),)).to_model((h, w)).boxes
-    study_box = _to_prompts([], [(4.0, 5.0, 71.0, 91.0, 0, None)]).to_model((h, w)).boxes  # study: end + 1
+    study_box = to_prompts([], [(4.0, 5.0, 71.0, 91.0, 0, None)]).to_model((h, w)).boxes  # study: end + 1
     np.testing.assert_allclose(app_box, study_box)

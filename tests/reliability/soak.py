@@ -175,11 +175,10 @@ def verify(db_url: str, ledgers: list[Ledger]) -> dict:
 
     from study.db import Database
     from study.models import ActivityEvent, Assignment, AuditLog, Case, Clinician, SliceMask, Submission
+    from study.reading import queue as work_order
     from study.scoring import decode_mask
-    from study.service import StudyService
 
     db = Database(db_url)
-    svc = StudyService(db)
     problems: list[str] = []
     totals = Counter()
     try:
@@ -189,7 +188,7 @@ def verify(db_url: str, ledgers: list[Ledger]) -> dict:
                 if user is None:
                     problems.append(f"{led.login}: account missing")
                     continue
-                queue = svc._queue(s, user)            # the order behind "Case k of n"
+                queue = work_order(s, user)            # the order behind "Case k of n"
                 by_k = {k + 1: a for k, a in enumerate(queue)}
                 aids = [a.id for a in queue]
                 rows = list(s.scalars(select(SliceMask).where(SliceMask.assignment_id.in_(aids)))) if aids else []
