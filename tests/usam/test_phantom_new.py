@@ -29,6 +29,7 @@ def test_small_case_shapes_labels_and_info(case):
     vol, lab = case.volume, case.labels
     assert vol.array.dtype == np.float32 and lab.dtype == np.uint8 and case.anatomy.dtype == np.uint8
     assert vol.array.shape == lab.shape == case.anatomy.shape and vol.array.shape[1:] == (128, 128)
+    assert 1.9 <= vol.spacing[1] == vol.spacing[2] <= 2.0     # inside the app's training range (0.5-2 mm)
     assert set(np.unique(lab)) == {0, 1, 2}
     zs = np.flatnonzero(lab.reshape(len(lab), -1).any(axis=1))
     assert (case.info["rectum_start"], case.info["rectum_end"]) == (zs[0], zs[-1])

@@ -225,7 +225,7 @@ def draw_params(seed: int, size: str = "full", has_tumor: bool | None = None) ->
         n, px = 512, float(round(u(0.6, 1.0), 4))
     else:
         thickness = float(rng.choice(SMALL_THICKNESS))
-        n, px = 128, float(round(u(2.6, 3.2), 4))
+        n, px = 128, float(round(u(1.9, 2.0), 4))   # 243-256 mm: a central field of view
         rng.random(); rng.random()  # keep the stream aligned with 'full'
     z_lo = -u(5, 48)   # may start below the anal verge
     z_hi = length + u(15, 80)   # may end above the sigmoid
