@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from usam.errors import VolumeError
-from usam.phantom_new import anatomy, scanner
+from usam.phantom_new import anatomy, outlines, scanner
 from usam.phantom_new.cohort import (add_arguments, generate_cohort, load_anatomy, load_case, load_cohort,
                                      load_manifest, run)
 from usam.phantom_new.labels import L, NAMES, manifest_names
@@ -60,7 +60,7 @@ def generate_case(seed: int, size: str = "small", has_tumor: bool | None = None)
     ys = ((np.arange(n) - (n - 1) / 2.0) * px + cp.body.cy + sc.y_off + 0.06 * n * px).astype(np.float32)
     zf, k = _fine_grid(cp)
     an = anatomy.build(cp)
-    table = anatomy.table_template(cp, xs, ys)
+    table = outlines.table_template(cp, xs, ys)
     fine = np.zeros((len(zf), n, n), np.uint8)
     for i, z in enumerate(zf):
         anatomy.render_slice(an, Canvas(xs, ys, float(z), fine[i]), table)

@@ -171,16 +171,6 @@ class Canvas:
             return None
         return (slice(iy0, iy1), slice(ix0, ix1)), self.xs[ix0:ix1][None, :], self.ys[iy0:iy1][:, None]
 
-    def shape(self, shp, label: int, cortex: tuple[float, int] | None = None, where=None):
-        """Paint a 3D primitive's section; with cortex (thickness, label) the rim gets that label."""
-        w = self.window(shp.bbox(self.z))
-        if w is None:
-            return None
-        sl, X, Y = w
-        d = shp.sdf(X, Y, self.z)
-        self.fill(sl, d, label, cortex, where)
-        return sl, d
-
     def fill(self, sl, d, label: int, cortex=None, where=None):
         """Label d < 0 (optionally restricted by a boolean `where` of the window)."""
         region = self.lab[sl]
