@@ -173,13 +173,18 @@ def open_case(s: Session, user: Clinician, assignment_id: Any, clock: Clock) -> 
 
 
 # ---------------------------------------------------------------- slices
+def _slice_row(s: Session, aid: int, z: int) -> SliceMask | None:
+    """The stored mask row of slice z of an assignment, None if never saved."""
+    return s.scalar(select(SliceMask).where(SliceMask.assignment_id == aid, SliceMask.z == z))
+
+
 def stored_slice(s: Session, user: Clinician, assignment_id: Any, z: Any) -> tuple[int, np.ndarray | None,
                                                                                   str | None, tuple]:
     """(z, the reader's saved mask or None, its source, the case's (volume, labels, hash) paths)."""
     a = owned(s, user, assignment_id)
     case = s.get(Case, a.case_id)
     z = case_z(case, z)
-    row = s.scalar(select(SliceMask).where(SliceMask.assignment_id == a.id, SliceMask.z == z))
+    row = _slice_row(s, a.id, z)
     mask = decode_mask(row.data, (row.height, row.width)) if row else None
     return z, mask, (row.source if row else None), (case.volume_path, case.gt_path, case.gt_sha256)
 
@@ -200,7 +205,7 @@ def save_slice(s: Session, user: Clinician, assignment_id: Any, z: Any, mask: np
     z = case_z(case, z)
     labels = check_labels(mask, (case.shape[1], case.shape[2]))
     take(s, a)            # still open, and the slice row below is read after the lock
-    row = s.scalar(select(SliceMask).where(SliceMask.assignment_id == a.id, SliceMask.z == z))
+    row = _slice_row(s, a.id, z)
     if row is None:
         s.add(SliceMask(assignment_id=a.id, z=z, data=encode_mask(labels), height=labels.shape[0],
                         width=labels.shape[1], source=source))
@@ -277,7 +282,7 @@ def store_interpolated(s: Session, user: Clinician, plan: InterpolationPlan, fil
     for z, lab in sorted(filled.items()):
         if z in now and now[z] != INTERP:
             continue
-        row = s.scalar(select(SliceMask).where(SliceMask.assignment_id == a.id, SliceMask.z == z))
+        row = _slice_row(s, a.id, z)
         if row is None:
             s.add(SliceMask(assignment_id=a.id, z=z, data=encode_mask(lab), height=lab.shape[0],
                             width=lab.shape[1], source=INTERP))
