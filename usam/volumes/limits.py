@@ -12,7 +12,7 @@ from usam.errors import VolumeError
 from usam.volumes.messages import mib
 
 # Library defaults: for the operator's own files (CLI, training data, the study cohort). The app
-# reads visitors' uploads under its much smaller AppLimits (app/context.py, README "Limits").
+# reads visitors' uploads under its much smaller AppLimits (app/settings.py, README "Limits").
 MAX_FILE_BYTES = 1 << 30          # 1 GiB on disk, checked before reading
 MAX_UNZIPPED_BYTES = 2 << 30      # sum of uncompressed zip members (zip bombs)
 MAX_ZIP_MEMBERS = 5000
