@@ -7,8 +7,11 @@
 - Gradio 6's deep links are turned off (`/gradio_api/deep_link` stored every input value of a
   session, passwords included, in a world-readable file served to anyone holding the link);
 - the client address used by the login throttle: the TCP peer, and `X-Forwarded-For` only
-  when the peer is a configured trusted proxy ($USAM_TRUSTED_PROXIES);
+  when the peer is a configured trusted proxy (AppConfig.trusted_proxies);
 - folders for admin exports that are deleted after delivery.
+
+Its settings (trusted proxies, the cookie's SameSite, how long exports stay) come from the
+AppConfig read once at start-up (app/settings.py); nothing here reads the environment.
 """
 from __future__ import annotations
 
@@ -33,20 +36,13 @@ log = logging.getLogger("usam.security")
 
 BROWSER_COOKIE = "usam_browser"
 _COOKIE_RE = re.compile(r"^[A-Za-z0-9_\-]{43}$")    # secrets.token_urlsafe(32)
-# Hugging Face Spaces' proxy connects from private addresses and appends the client's address
-_SPACES_PROXIES = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.1/32,::1/128"
-EXPORT_KEEP_S = float(os.environ.get("USAM_EXPORT_KEEP_S", "120"))   # delivery done long before
 EXPORT_PREFIX = "usam_export_"
 
 
 # ----------------------------------------------------------------------------- client address
-def trusted_proxies(raw: str | None = None) -> list:
-    """Networks whose X-Forwarded-For is believed: $USAM_TRUSTED_PROXIES (comma-separated
-    addresses / CIDRs; on Hugging Face Spaces the private ranges by default), else none."""
-    if raw is None:
-        raw = os.environ.get("USAM_TRUSTED_PROXIES")
-        if raw is None and os.environ.get("SPACE_ID"):
-            raw = _SPACES_PROXIES
+def trusted_proxies(raw: str) -> list:
+    """Networks whose X-Forwarded-For is believed, from AppConfig.trusted_proxies (comma-separated
+    addresses / CIDRs; a part that is neither is logged and ignored)."""
     nets = []
     for part in (raw or "").split(","):
         part = part.strip()
@@ -71,11 +67,10 @@ def _is_trusted(addr: str, nets: list) -> bool:
     return ip is not None and any(ip in n for n in nets)
 
 
-def client_address(peer: str, forwarded_for: str | None, nets: list | None = None) -> str:
+def client_address(peer: str, forwarded_for: str | None, nets: list) -> str:
     """The address to throttle: the peer, or, when the peer is a trusted proxy, the right-most
     address in X-Forwarded-For that is not a trusted proxy (what the client wrote to the left
-    of it is not believed)."""
-    nets = trusted_proxies() if nets is None else nets
+    of it is not believed); `nets`: trusted_proxies(...)."""
     addr = (peer or "")[:64]
     if not forwarded_for or not _is_trusted(addr, nets):
         return addr
@@ -87,14 +82,14 @@ def client_address(peer: str, forwarded_for: str | None, nets: list | None = Non
     return addr
 
 
-def request_address(request: Any) -> str:
-    """client_address of a gr.Request (empty when there is none)."""
+def request_address(request: Any, nets: list) -> str:
+    """client_address of a gr.Request behind the trusted proxies `nets` (empty when there is no request)."""
     try:
         peer = (request.client.host or "") if request is not None and request.client else ""
         xff = request.headers.get("x-forwarded-for") if request is not None else None
     except Exception:
         return ""
-    return client_address(peer, xff)
+    return client_address(peer, xff, nets)
 
 
 # ----------------------------------------------------------------------------- browser binding
@@ -191,10 +186,9 @@ def with_browser(fn: Callable, scrub: list | None = None) -> Callable:
 
 
 # ----------------------------------------------------------------------------- ASGI middleware
-def _cookie_header(value: str, scope: dict) -> bytes:
+def _cookie_header(value: str, scope: dict, same_site: str) -> bytes:
     headers = dict((k.lower(), v) for k, v in scope.get("headers", []))
     https = scope.get("scheme") == "https" or headers.get(b"x-forwarded-proto", b"").startswith(b"https")
-    same_site = os.environ.get("USAM_COOKIE_SAMESITE") or ("None" if os.environ.get("SPACE_ID") else "Lax")
     parts = [f"{BROWSER_COOKIE}={value}", "Path=/", "HttpOnly", f"SameSite={same_site}"]
     if https or same_site.lower() == "none":
         parts.append("Secure")                 # SameSite=None requires it (the Spaces iframe)
@@ -223,10 +217,12 @@ def _is_deep_link(scope: dict) -> bool:
 
 
 class SecurityMiddleware:
-    """ASGI middleware: refuses Gradio's deep links; gives every browser its secret cookie."""
+    """ASGI middleware: refuses Gradio's deep links; gives every browser its secret cookie
+    (`same_site`: AppConfig.cookie_samesite)."""
 
-    def __init__(self, app):
+    def __init__(self, app, same_site: str = "Lax"):
         self.app = app
+        self.same_site = same_site
 
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
@@ -240,7 +236,7 @@ class SecurityMiddleware:
             return
         if _has_cookie(scope):
             return await self.app(scope, receive, send)
-        cookie = _cookie_header(secrets.token_urlsafe(32), scope)
+        cookie = _cookie_header(secrets.token_urlsafe(32), scope, self.same_site)
 
         async def send_with_cookie(message):
             if message.get("type") == "http.response.start":
@@ -250,43 +246,42 @@ class SecurityMiddleware:
         return await self.app(scope, receive, send_with_cookie)
 
 
-def harden_server() -> dict[str, Any]:
-    """Blocks.launch keyword arguments of this module (the middleware), and uvicorn told not to
-    rewrite the client address from X-Forwarded-For itself (client_address decides)."""
+def harden_server(same_site: str = "Lax") -> dict[str, Any]:
+    """Blocks.launch keyword arguments of this module (the middleware, setting cookies with this
+    SameSite), and uvicorn told not to rewrite the client address from X-Forwarded-For itself
+    (client_address decides)."""
     from starlette.middleware import Middleware
 
-    os.environ["FORWARDED_ALLOW_IPS"] = ""
-    return {"app_kwargs": {"middleware": [Middleware(SecurityMiddleware)]}}
+    os.environ["FORWARDED_ALLOW_IPS"] = ""     # written for uvicorn (Gradio builds its Config), never read here
+    return {"app_kwargs": {"middleware": [Middleware(SecurityMiddleware, same_site=same_site)]}}
 
 
 # ----------------------------------------------------------------------------- export folders
-def export_root() -> Path:
-    """Private folder (0700) of the admin's export files, inside the study's data folder."""
-    from study.db import data_dir
-
-    root = data_dir() / "exports"
+def export_root(settings: Any) -> Path:
+    """Private folder (0700) of the admin's export files, inside the study's data folder
+    (`settings`: the study's StudySettings, e.g. the service's db.settings)."""
+    root = settings.data_folder() / "exports"
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     return root
 
 
-def new_export_dir() -> Path:
-    """A fresh folder for one export; stale ones (a crash, an earlier run) are removed first."""
-    root = export_root()
+def new_export_dir(root: Path, keep_s: float) -> Path:
+    """A fresh folder for one export under `root` (export_root); stale ones (older than keep_s:
+    a crash, an earlier run) are removed first."""
     now = time.time()
     for old in root.glob(EXPORT_PREFIX + "*"):
         try:
-            if now - old.stat().st_mtime > EXPORT_KEEP_S:
+            if now - old.stat().st_mtime > keep_s:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
     return Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, dir=root))
 
 
-def delete_later(folder: Path, delay_s: float | None = None) -> threading.Timer:
-    """Delete an export folder once Gradio has copied its file for the download."""
-    t = threading.Timer(EXPORT_KEEP_S if delay_s is None else delay_s, shutil.rmtree, (folder,),
-                        {"ignore_errors": True})
+def delete_later(folder: Path, delay_s: float) -> threading.Timer:
+    """Delete an export folder delay_s after delivery (once Gradio has copied its file for the download)."""
+    t = threading.Timer(delay_s, shutil.rmtree, (folder,), {"ignore_errors": True})
     t.daemon = True
     t.start()
     return t

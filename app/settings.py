@@ -10,8 +10,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from study.settings import SettingsError, StudySettings
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+SAMESITE_CHOICES = ("Strict", "Lax", "None")
+# Hugging Face Spaces' proxy connects from private addresses and appends the client's address
+SPACES_PROXIES = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.1/32,::1/128"
 SESSION_BYTES_PER_VOXEL = 6   # what a session holds per voxel: float32 volume + label map + reference (uint8)
 
 
@@ -88,10 +93,35 @@ class AppConfig:
     demo_size: str = "full"
     env: dict[str, str] = field(default_factory=dict)
     limits: AppLimits = field(default_factory=AppLimits)
+    study: StudySettings = field(default_factory=StudySettings)   # USAM_STUDY_*, USAM_LOGIN_*
+    trusted_proxies: str = ""        # USAM_TRUSTED_PROXIES: addresses / CIDRs whose X-Forwarded-For is believed
+    cookie_samesite: str = "Lax"     # USAM_COOKIE_SAMESITE of the browser cookie (app/security.py)
+    export_keep_s: float = 120.0     # USAM_EXPORT_KEEP_S: an admin export's folder is deleted this long after delivery
+
+
+def _security_from_env(env: dict[str, str]) -> dict[str, Any]:
+    """AppConfig's trusted_proxies / cookie_samesite / export_keep_s from the environment (Spaces defaults
+    when SPACE_ID is set); a bad value is refused with a message naming its variable."""
+    spaces = bool(env.get("SPACE_ID"))
+    proxies = env.get("USAM_TRUSTED_PROXIES")
+    same = (env.get("USAM_COOKIE_SAMESITE") or "").strip() or ("None" if spaces else "Lax")
+    match = [c for c in SAMESITE_CHOICES if c.lower() == same.lower()]
+    if not match:
+        raise ValueError(f"USAM_COOKIE_SAMESITE must be one of {', '.join(SAMESITE_CHOICES)}, not {same[:20]!r}")
+    keep_text = (env.get("USAM_EXPORT_KEEP_S") or "").strip() or "120"
+    try:
+        keep = float(keep_text)
+    except ValueError:
+        keep = float("nan")
+    if not 0 <= keep <= 86400:
+        raise ValueError(f"USAM_EXPORT_KEEP_S must be a number of seconds from 0 to 86400, not {keep_text[:20]!r}")
+    return dict(trusted_proxies=(SPACES_PROXIES if spaces else "") if proxies is None else proxies,
+                cookie_samesite=match[0], export_keep_s=keep)
 
 
 def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> AppConfig:
-    """Parse --host/--port/--checkpoint/--device with USAM_* environment fallbacks."""
+    """Parse --host/--port/--checkpoint/--device with USAM_* environment fallbacks; the limits, the
+    server's security settings and the study's settings (study.settings.StudySettings) from the environment."""
     env = dict(os.environ if environ is None else environ)
     p = argparse.ArgumentParser(prog="app.py", description="U-SAM Studio (Gradio app)")
     # on Hugging Face Spaces (SPACE_ID set) the server must listen on all interfaces
@@ -110,8 +140,10 @@ def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None =
     a = p.parse_args(argv)
     try:
         limits = limits_from_env(env)
-    except ValueError as exc:
+        security = _security_from_env(env)
+        study = StudySettings.from_env(env)
+    except (ValueError, SettingsError) as exc:
         p.error(str(exc))
     return AppConfig(host=a.host, port=a.port, checkpoint=a.checkpoint, device=a.device,
                      demo_size=a.demo_size, env={k: v for k, v in env.items() if k.startswith("USAM_")},
-                     limits=limits)
+                     limits=limits, study=study, **security)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -99,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", type=Path, default=None, help="work folder (cohort cached there)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    os.environ.setdefault("USAM_STUDY_WARMUP", "0")
     res = run(a.cases, a.steps, a.size, a.folder)
     s = res["save_next_ms"]
     print(f"slice {res['slice'][0]}x{res['slice'][1]} · Save & next over {s['n']} saves: p50 {s['p50']:.0f} ms · "

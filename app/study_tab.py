@@ -3,21 +3,20 @@
 
 All decisions (roles, ownership, ranges, timing, scoring) live in study.service.StudyService;
 every handler passes the caller's token on. Context attributes used (all optional):
-    ctx.study_service   a ready StudyService (tests inject one); else built from $USAM_STUDY_DB
+    ctx.config          AppConfig (app/settings.py): .study (StudySettings: database, demo cohort,
+                        warm-up), .trusted_proxies, .export_keep_s, all read once at start-up
+    ctx.study_service   a ready StudyService (tests inject one); else built on ctx.config.study
     ctx.new_predictor   volume -> VolumePredictor, for the AI arms
     ctx.weights_info()  -> object with .label and .sha256 (stored with every model output)
-    (demo cohort size: $USAM_STUDY_DEMO_SIZE, default 'full' = realistic 512^2 phantoms)
+    (demo cohort size: ctx.config.study.demo_size, default 'full' = realistic 512^2 phantoms)
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import tempfile
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -106,20 +105,18 @@ def _point_class(cls: Any) -> int:
     return int(c)
 
 
-def _address(request: gr.Request | None) -> str:
-    """The caller's address for the login throttle (X-Forwarded-For only from a trusted proxy)."""
-    from app.security import request_address
-
-    return request_address(request)
-
-
 # ----------------------------------------------------------------------------- handlers
 class StudyTab(ContourHandlers):
     """Handlers of the tab (plain methods: a test can call them without a browser)."""
 
-    def __init__(self, service, demo_size: str | None = None):
+    def __init__(self, service, demo_size: str | None = None, *, proxies: list | None = None,
+                 export_keep_s: float = 120.0):
+        """`proxies`: app.security.trusted_proxies(...) (none: X-Forwarded-For is never believed);
+        `export_keep_s`: how long an admin export's folder stays after delivery."""
         self.svc = service
         self.demo_size = demo_size
+        self.proxies = list(proxies or [])
+        self.export_keep_s = float(export_keep_s)
         self._demo_lock = threading.Lock()
         self._demo_ready = False
         self.demo_note = ""
@@ -146,17 +143,24 @@ class StudyTab(ContourHandlers):
             log.error("demo study set-up failed:\n%s", traceback.format_exc())
 
     # -- accounts -----------------------------------------------------------------------------
+    def _address(self, request: gr.Request | None) -> str:
+        """The caller's address for the login throttle (X-Forwarded-For only from a trusted proxy)."""
+        from app.security import request_address
+
+        return request_address(request, self.proxies)
+
     def register(self, code, login, password, name, group, years, specialty, request: gr.Request = None):
         """Create a reader account with the study code."""
         self.ensure_study()
         # group and years are checked by the service (clear messages for any value an API client sends)
-        u = self.svc.register(code, login, password, name or "", group, years, specialty or "", _address(request))
+        u = self.svc.register(code, login, password, name or "", group, years, specialty or "",
+                              self._address(request))
         return f"Account **{u['login']}** created. Log in to start."
 
     def login(self, login, password, preset, request: gr.Request = None):
         """Log in; readers land on their current case, admins on the dashboard."""
         self.ensure_study()
-        token = self.svc.login(login, password, _address(request))
+        token = self.svc.login(login, password, self._address(request))
         me = self.svc.me(token)
         if me["role"] == "admin":
             return (token, None, f"Logged in as **{me['login']}** (administrator).", gr.update(visible=False),
@@ -262,9 +266,9 @@ class StudyTab(ContourHandlers):
 
     def admin_export(self, token):
         """Long-format CSV of every scored annotation, for download."""
-        from app.security import delete_later, new_export_dir
+        from app.security import delete_later, export_root, new_export_dir
 
-        folder = new_export_dir()
+        folder = new_export_dir(export_root(self.svc.db.settings), self.export_keep_s)
         try:
             path = str(self.svc.export_csv(token, folder / "annotations_long.csv"))
         except BaseException:
@@ -272,7 +276,7 @@ class StudyTab(ContourHandlers):
 
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        delete_later(folder)              # Gradio copies the file for the download when this returns
+        delete_later(folder, self.export_keep_s)   # Gradio copies the file for the download when this returns
         return path
 
     def admin_drop(self, token, reader_id):
@@ -340,15 +344,16 @@ def _wire_account_ui(reg_ev, login_ev, logout_ev, pw_in, rpw_in, account_box, se
 
 def build_study_tab(ctx: Any) -> StudyTab:
     """Build the tab's components and events inside the caller's gr.Tab; returns the handlers."""
-    from study.settings import StudySettings
+    from app.security import trusted_proxies
 
-    settings = StudySettings.from_env(os.environ)   # the study's configuration, read once here
+    config = ctx.config
+    settings = config.study   # the study's configuration, read once at start-up (app.settings.parse_config)
     # the study needs realistic 512^2 cases; USAM_STUDY_DEMO_SIZE=small for quick trials
-    tab = StudyTab(make_service(ctx, settings), settings.demo_size)
-    # generate the demo cohort in the background at start-up (not under pytest: other tests
-    # mount this tab and must not pay for 20 full-size phantoms); USAM_STUDY_WARMUP=0/1 forces it
-    warm = settings.warmup
-    if warm == "1" or (warm == "auto" and "PYTEST_CURRENT_TEST" not in os.environ):
+    tab = StudyTab(make_service(ctx, settings), settings.demo_size, proxies=trusted_proxies(config.trusted_proxies),
+                   export_keep_s=config.export_keep_s)
+    # generate the demo cohort in the background at start-up unless USAM_STUDY_WARMUP=0 (tests
+    # that mount this tab say so: they must not pay for 20 full-size phantoms)
+    if settings.warmup != "0":
         threading.Thread(target=tab.warm_up, daemon=True, name="study-demo-setup").start()
     E = _err
     presets = list(WINDOW_PRESETS)

@@ -1,7 +1,6 @@
 """Database connection: the settings' URL (SQLite by default), sessions and migrations."""
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,14 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from study.settings import StudySettings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-
-def data_dir(settings: StudySettings | None = None) -> Path:
-    """Folder for the default SQLite file, demo cases and exports (settings.data_dir, created if missing).
-
-    Without settings it reads the environment: only for app/security.export_root, which is not
-    given the app's settings yet (every study/ caller passes them)."""
-    return (settings or StudySettings.from_env(os.environ)).data_folder()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

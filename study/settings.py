@@ -1,7 +1,7 @@
 """The observer study's configuration: one frozen StudySettings read from the environment once at start-up.
 
-The app (app/study_tab.py) and the CLI (study/__main__.py) call ``StudySettings.from_env(os.environ)``
-and pass the object down (Database, StudyService, ops, cases); nothing below them reads the
+The app (app/settings.parse_config, into AppConfig.study) and the CLI (study/__main__.py) call
+``StudySettings.from_env`` once and pass the object down (Database, StudyService, ops, cases); nothing below them reads the
 environment. The variables, their defaults and meanings are listed once: USAM_STUDY_* in README
 ("Observer study"), USAM_LOGIN_* in docs/SECURITY.md ("Limits"); each field below names its variable.
 """

@@ -10,6 +10,7 @@ import pytest
 
 from app.context import AppContext, WeightsInfo
 from app.settings import AppConfig
+from study.settings import StudySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CKPT = ROOT / "checkpoints" / "usam_demo.safetensors"
@@ -69,11 +70,18 @@ class FakePredictor:
         return out
 
 
+def quiet_config(**kw) -> AppConfig:
+    """AppConfig for an app built by a test: the study's demo cohort is not generated in the
+    background (USAM_STUDY_WARMUP=0), unless the caller passes its own study settings."""
+    kw.setdefault("study", StudySettings(warmup="0"))
+    return AppConfig(**kw)
+
+
 class FakeContext(AppContext):
     """AppContext whose predictor is FakePredictor (no torch model needed)."""
 
     def __init__(self):
-        super().__init__(AppConfig(device="cpu", demo_size="small"), model=object(), metadata={"weights_kind": "fake"})
+        super().__init__(quiet_config(device="cpu", demo_size="small"), model=object(), metadata={"weights_kind": "fake"})
 
     def new_predictor(self, volume):
         return FakePredictor(volume)
@@ -120,7 +128,7 @@ def live_app():
     from app.main import build_app, launch_kwargs
 
     # the demo weights are trained on full-size (512^2) phantoms: test on those
-    ctx = AppContext(AppConfig(host="127.0.0.1", port=_free_port(), device="cpu", demo_size="full"))
+    ctx = AppContext(quiet_config(host="127.0.0.1", port=_free_port(), device="cpu", demo_size="full"))
     from tests.reliability.helpers import for_tests
 
     demo = for_tests(build_app(ctx))

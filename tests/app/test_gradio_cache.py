@@ -173,10 +173,10 @@ def test_truncated_leftover_is_replaced_and_existing_file_reused(tmp_path):
 
 def test_build_app_installs_atomic_cache_writes(gradio_own):
     from app.context import AppContext
-    from app.settings import AppConfig
     from app.main import build_app
+    from tests.app.conftest import quiet_config
 
     assert not gradio_cache.installed()
-    build_app(AppContext(AppConfig()))
+    build_app(AppContext(quiet_config()))
     assert gradio_cache.installed()
     assert gradio_cache.install()                      # idempotent

@@ -5,7 +5,6 @@ voxel (compared with the database), and the submit confirmation. Screenshots are
 test-artifacts/study/ (ignored by git)."""
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -32,8 +31,6 @@ def app(tmp_path_factory):
     from tests.reliability.helpers import for_tests
 
     saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    old = os.environ.get("USAM_STUDY_WARMUP")
-    os.environ["USAM_STUDY_WARMUP"] = "0"
     tmp = tmp_path_factory.mktemp("contour")
     svc, admin, code, sid = make_study(tmp, write_tiny_cohort(tmp / "cohort"))
     from app.main import build_app, launch_kwargs
@@ -57,10 +54,6 @@ def app(tmp_path_factory):
     finally:
         demo.close()
         auth._HASHER = saved
-        if old is None:
-            os.environ.pop("USAM_STUDY_WARMUP", None)
-        else:
-            os.environ["USAM_STUDY_WARMUP"] = old
 
 
 @pytest.fixture(scope="module")

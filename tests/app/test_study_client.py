@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.context import AppContext, WeightsInfo
-from app.settings import AppConfig
+from tests.app.conftest import quiet_config
 from tests.study.conftest import END, START, make_study, write_tiny_cohort
 
 PRESET = "Abdomen (400/40)"
@@ -20,7 +20,7 @@ class _Ctx(AppContext):
     """App context with a fake model (never loaded here) and the test's study service."""
 
     def __init__(self, port, svc):
-        super().__init__(AppConfig(host="127.0.0.1", port=port, device="cpu", demo_size="small"),
+        super().__init__(quiet_config(host="127.0.0.1", port=port, device="cpu", demo_size="small"),
                          model=object(), metadata={"weights_kind": "fake"})
         self.study_service = svc
 
@@ -47,8 +47,6 @@ def study_app(tmp_path_factory, tiny_cohort):
     from study import auth
 
     saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    old_warm = os.environ.get("USAM_STUDY_WARMUP")
-    os.environ["USAM_STUDY_WARMUP"] = "0"
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     tmp_path = tmp_path_factory.mktemp("study_app")
     svc, admin, code, sid = make_study(tmp_path, tiny_cohort)
@@ -67,10 +65,6 @@ def study_app(tmp_path_factory, tiny_cohort):
     finally:
         demo.close()
         auth._HASHER = saved
-        if old_warm is None:
-            os.environ.pop("USAM_STUDY_WARMUP", None)
-        else:
-            os.environ["USAM_STUDY_WARMUP"] = old_warm
 
 
 def _mask(labels):

@@ -11,20 +11,25 @@ from tests.reliability.helpers import for_tests, free_port
 
 
 @contextlib.contextmanager
-def launched_app(db_url: str, data_dir: Path, max_file_size: str | None = None) -> Iterator[tuple[str, object, object]]:
+def launched_app(db_url: str, data_dir: Path, max_file_size: str | None = None,
+                 export_keep_s: float | None = None) -> Iterator[tuple[str, object, object]]:
     """Yield (url, blocks, study service) of the full app (all tabs) on a free loopback port, launched
-    with the app's own launch_kwargs (max_file_size may be lowered to test the limit cheaply)."""
-    os.environ["USAM_STUDY_WARMUP"] = "0"
+    with the app's own launch_kwargs (max_file_size may be lowered to test the limit cheaply); the
+    study's data folder (exports) is `data_dir`, and exports stay `export_keep_s` after delivery."""
+    import dataclasses
+
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ["USAM_STUDY_DATA"] = str(data_dir)
     from app.main import build_app, launch_kwargs
     from study.cases import CaseCache
     from study.db import Database
     from study.service import StudyService
+    from study.settings import StudySettings
     from tests.app.conftest import FakeContext
 
     ctx = FakeContext()
-    db = Database(db_url)
+    if export_keep_s is not None:
+        ctx.config = dataclasses.replace(ctx.config, export_keep_s=export_keep_s)
+    db = Database(db_url, settings=StudySettings(data_dir=data_dir, warmup="0"))
     ctx.study_service = StudyService(db, cache=CaseCache(), predictor_factory=ctx.new_predictor,
                                      model_name="fake", checkpoint_hash="f" * 64)
     demo = for_tests(build_app(ctx))

@@ -32,7 +32,8 @@ def env(tmp_path_factory):
     cohort = write_tiny_cohort(tmp / "cohort", 6)
     url = f"sqlite:///{tmp / 'study.db'}"
     make_study_db(url, cohort, group_sizes=(2, 2, 2), k=3)
-    with launched_app(url, tmp / "data") as (app_url, demo, svc):
+    # exports deleted half a second after delivery (test_admin_exports_do_not_stay_behind)
+    with launched_app(url, tmp / "data", export_keep_s=0.5) as (app_url, demo, svc):
         yield {"app": app_url, "db": url, "svc": svc, "tmp": tmp, "demo": demo}
 
 
@@ -152,16 +153,16 @@ def test_deep_links_are_off_and_no_state_with_passwords_is_stored(env):
     assert PASSWORD not in json.dumps(list(sess.components), default=str)
 
 
-def test_admin_exports_do_not_stay_behind(env, monkeypatch):
+def test_admin_exports_do_not_stay_behind(env):
     from app import security
 
-    monkeypatch.setattr(security, "EXPORT_KEEP_S", 0.5)
     tmp_before = set(Path(tempfile.gettempdir()).glob("usam_study_*"))
     admin = client(env["app"], downloads=env["tmp"] / "downloads")
     admin.predict("admin", ADMIN_PASSWORD, PRESET, api_name="/study_login")
     path = admin.predict(api_name="/study_admin_export")
     assert Path(path).read_text().splitlines()[0].startswith(("study", "case", "reader", "arm", "group", "id"))
-    root = security.export_root()
+    root = security.export_root(env["svc"].db.settings)
+    assert root == env["tmp"] / "data" / "exports"                     # in the study's data folder
     assert oct(root.stat().st_mode & 0o777) == "0o700"
     deadline = time.monotonic() + 30
     while any(root.iterdir()) and time.monotonic() < deadline:

@@ -6,7 +6,6 @@ mask payload is refused cheaply before and after login."""
 from __future__ import annotations
 
 import base64
-import os
 import tracemalloc
 
 import numpy as np
@@ -29,8 +28,6 @@ def app(tmp_path_factory):
     from tests.reliability.helpers import for_tests
 
     saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    old = os.environ.get("USAM_STUDY_WARMUP")
-    os.environ["USAM_STUDY_WARMUP"] = "0"
     tmp = tmp_path_factory.mktemp("integrity")
     svc, admin, code, sid = make_study(tmp, write_tiny_cohort(tmp / "cohort"))
     from app.main import build_app, launch_kwargs
@@ -46,10 +43,6 @@ def app(tmp_path_factory):
     finally:
         demo.close()
         auth._HASHER = saved
-        if old is None:
-            os.environ.pop("USAM_STUDY_WARMUP", None)
-        else:
-            os.environ["USAM_STUDY_WARMUP"] = old
 
 
 def _client(url):
