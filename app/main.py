@@ -69,7 +69,8 @@ def launch_kwargs(ctx: AppContext) -> dict[str, Any]:
     return dict(
         server_name=ctx.config.host, server_port=ctx.config.port, share=False, theme=theme(), css=APP_CSS,
         footer_links=["api"], run_history=False, enable_monitoring=False, mcp_server=False, ssr_mode=False,
-        pwa=False, show_error=True, max_file_size=f"{ctx.config.limits.max_upload_mb}mb", **harden_server(ctx.config.cookie_samesite),
+        pwa=False, show_error=True, max_file_size=f"{ctx.config.limits.max_upload_mb}mb",
+        **harden_server(ctx.config.cookie_samesite),
     )
 
 

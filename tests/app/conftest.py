@@ -81,7 +81,8 @@ class FakeContext(AppContext):
     """AppContext whose predictor is FakePredictor (no torch model needed)."""
 
     def __init__(self):
-        super().__init__(quiet_config(device="cpu", demo_size="small"), model=object(), metadata={"weights_kind": "fake"})
+        super().__init__(quiet_config(device="cpu", demo_size="small"), model=object(),
+                         metadata={"weights_kind": "fake"})
 
     def new_predictor(self, volume):
         return FakePredictor(volume)
