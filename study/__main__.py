@@ -121,7 +121,8 @@ def cmd_simulate(args) -> int:
     print(f"simulated {res['readers']} readers: {res['submitted']} submissions, {res['slices_saved']} slices saved")
     if args.models:
         cmd_run_models(argparse.Namespace(db=args.db, settings=args.settings, study=sid, checkpoint=args.checkpoint,
-                                          variants="usam,usam_p,usam_b", device=args.device))
+                                          checkpoint_env=args.checkpoint_env, variants="usam,usam_p,usam_b",
+                                          device=args.device))
     return 0
 
 
@@ -129,7 +130,7 @@ def cmd_run_models(args) -> int:
     """Run and score U-SAM, U-SAM/P and U-SAM/B (GT-derived prompts) on every case."""
     from study.model_runs import default_predictor_factory, run_model_variants
 
-    factory = default_predictor_factory(args.checkpoint, args.device)
+    factory = default_predictor_factory(args.checkpoint, args.device, env_checkpoint=args.checkpoint_env)
     n = run_model_variants(_db(args), args.study, factory, tuple(args.variants.split(",")), progress=print)
     print(f"{n} model runs stored")
     return 0
@@ -260,8 +261,10 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     from study.settings import StudySettings
 
     args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    args.checkpoint_env = env.get("USAM_CHECKPOINT") or None   # the model runs' weights: flag > this > demo
     try:
-        args.settings = StudySettings.from_env(os.environ if environ is None else environ)
+        args.settings = StudySettings.from_env(env)
         return int(args.fn(args) or 0)
     except UsamError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -81,13 +81,15 @@ def run_model_variants(db: Database, study_id: int | None, predictor_factory: Ca
     return n
 
 
-def default_predictor_factory(checkpoint: str | None = None, device: str = "cpu") -> Callable[[Any], Any]:
-    """volume -> VolumePredictor with the resolved weights (flag > $USAM_CHECKPOINT > demo)."""
+def default_predictor_factory(checkpoint: str | None = None, device: str = "cpu",
+                              env_checkpoint: str | None = None) -> Callable[[Any], Any]:
+    """volume -> VolumePredictor with the resolved weights (flag > $USAM_CHECKPOINT > demo); the CLI
+    passes the flag as `checkpoint` and the environment's value as `env_checkpoint`."""
     from usam.checkpoints import load_checkpoint, resolve_weights
     from usam.predictor import VolumePredictor
 
     from usam.model.fast import optimize_for_inference
 
-    model, meta = load_checkpoint(resolve_weights(checkpoint), device=device)
+    model, meta = load_checkpoint(resolve_weights(checkpoint, env_checkpoint), device=device)
     fast = optimize_for_inference(model, device)  # once, where the model is loaded
     return lambda volume: VolumePredictor(fast, volume, meta, device=device)

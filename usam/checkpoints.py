@@ -282,9 +282,14 @@ def demo_checkpoint_path() -> Path:
     return CHECKPOINT_DIR / DEMO_NAME
 
 
-def resolve_weights(cli_path: str | Path | None = None, search_dir: str | Path | None = None) -> Path:
-    """Which weights to use: flag > $USAM_CHECKPOINT > newest other checkpoints/*.safetensors > demo."""
-    for given, origin in ((cli_path, "--checkpoint"), (os.environ.get("USAM_CHECKPOINT"), "$USAM_CHECKPOINT")):
+def resolve_weights(cli_path: str | Path | None = None, env_path: str | Path | None = None,
+                    search_dir: str | Path | None = None) -> Path:
+    """Which weights to use: flag > $USAM_CHECKPOINT > newest other checkpoints/*.safetensors > demo.
+
+    The caller reads the flag and the environment at its edge (CLI parser, app settings) and passes
+    them in: cli_path as given by --checkpoint, env_path as $USAM_CHECKPOINT; nothing here reads the
+    environment. The error for a missing file names where the path came from."""
+    for given, origin in ((cli_path, "--checkpoint"), (env_path, "$USAM_CHECKPOINT")):
         if given:
             p = Path(given).expanduser()
             if not p.is_file():

@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -31,6 +32,8 @@ SlicePredictor = Callable[[torch.Tensor, dict], dict]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `python -m usam evaluate`."""
     p.add_argument("--checkpoint", default=None, help="U-SAM checkpoint (default: flag > $USAM_CHECKPOINT > demo)")
+    # $USAM_CHECKPOINT read here, at the CLI's edge, kept apart from the flag so errors name the origin
+    p.set_defaults(checkpoint_env=os.environ.get("USAM_CHECKPOINT") or None)
     p.add_argument("--data", required=True, help="cohort folder (manifest) or the public code's npz root")
     p.add_argument("--format", default="auto", choices=["auto", "manifest", "npz"])
     p.add_argument("--split", default="test", choices=D.SPLITS)
@@ -309,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = D.detect_format(args.data) if args.format == "auto" else args.format
     if fmt == "npz" and "case3d" in protocols:
         raise UsamError("the npz layout holds single 224 slices without spacing: use --protocol reference")
-    ckpt = resolve_weights(args.checkpoint)
+    ckpt = resolve_weights(args.checkpoint, args.checkpoint_env)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(ckpt, device=str(device))
     model = optimize_for_inference(model, device)  # once, where the model is loaded

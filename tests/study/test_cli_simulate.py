@@ -103,3 +103,17 @@ def test_model_variant_rows(tmp_path, tiny_cohort):
     assert rows["U-SAM"]["dice_normal"] == pytest.approx(np.mean(d))
     assert rows["U-SAM"]["dice_tumor"] == 0.0 and rows["U-SAM"]["n"] == 6
     assert rows["U-SAM/P (auto prompts)"]["n"] == 6 and rows["U-SAM/B (auto box)"]["n"] == 6
+
+
+def test_run_models_weights_from_the_environment_passed_in(tmp_path, capsys):
+    """The study CLI reads $USAM_CHECKPOINT at its edge and hands it to resolve_weights; the error names it,
+    and the flag still wins over it."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    env = {"USAM_CHECKPOINT": str(tmp_path / "env-missing.safetensors")}
+    assert main(["--db", url, "run-models"], environ=env) == 2
+    err = capsys.readouterr().err
+    assert "$USAM_CHECKPOINT points to" in err and "env-missing.safetensors" in err
+    assert main(["--db", url, "run-models", "--checkpoint", str(tmp_path / "flag-missing.safetensors")],
+                environ=env) == 2
+    err = capsys.readouterr().err
+    assert "--checkpoint points to" in err and "flag-missing.safetensors" in err

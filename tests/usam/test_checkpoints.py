@@ -137,6 +137,15 @@ def test_official_sam_vit_b_loads_with_resizing(tmp_path):
     assert torch.equal(via_load.state_dict()["sam.image_encoder.pos_embed"], sd["sam.image_encoder.pos_embed"])
 
 
+def _evaluate_args(argv):
+    """The evaluate CLI's parsed flags: the public path by which $USAM_CHECKPOINT reaches resolve_weights."""
+    from usam.evaluate import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(["--data", "x", *argv])
+
+
 def test_resolve_weights_order(tmp_path, monkeypatch):
     monkeypatch.delenv("USAM_CHECKPOINT", raising=False)
     with pytest.raises(CheckpointError, match="demo checkpoint"):
@@ -150,12 +159,30 @@ def test_resolve_weights_order(tmp_path, monkeypatch):
     env = tmp_path / "env.safetensors"
     env.write_bytes(b"x")
     monkeypatch.setenv("USAM_CHECKPOINT", str(env))
-    assert resolve_weights(search_dir=tmp_path) == env
-    assert resolve_weights(demo, search_dir=tmp_path) == demo
-    with pytest.raises(CheckpointError, match="does not exist"):
-        resolve_weights(tmp_path / "nope.safetensors")
+    a = _evaluate_args([])   # the CLI reads the environment at its edge and passes it in
+    assert (a.checkpoint, a.checkpoint_env) == (None, str(env))
+    assert resolve_weights(a.checkpoint, a.checkpoint_env, search_dir=tmp_path) == env
+    a = _evaluate_args(["--checkpoint", str(demo)])   # the flag beats the environment
+    assert resolve_weights(a.checkpoint, a.checkpoint_env, search_dir=tmp_path) == demo
+    with pytest.raises(CheckpointError, match=r"^--checkpoint points to .*nope.safetensors, which does not exist"):
+        resolve_weights(tmp_path / "nope.safetensors", str(env))
+    with pytest.raises(CheckpointError, match=r"^\$USAM_CHECKPOINT points to .*gone.safetensors, which does not exist"):
+        resolve_weights(None, tmp_path / "gone.safetensors", search_dir=tmp_path)
     assert demo_checkpoint_path().name == "usam_demo.safetensors"
     assert demo_checkpoint_path().parent.name == "checkpoints"
+
+
+def test_resolve_weights_reads_no_environment(tmp_path, monkeypatch):
+    """The library takes explicit arguments only: a $USAM_CHECKPOINT naming a missing file is not its business."""
+    monkeypatch.setenv("USAM_CHECKPOINT", str(tmp_path / "missing.safetensors"))
+    demo = tmp_path / "usam_demo.safetensors"
+    demo.write_bytes(b"x")
+    assert resolve_weights(search_dir=tmp_path) == demo
+    try:   # the shipped folder (demo weights present or not): never an error about the variable
+        resolve_weights()
+    except CheckpointError as exc:
+        assert "USAM_CHECKPOINT points" not in str(exc)
+    assert _evaluate_args([]).checkpoint_env == str(tmp_path / "missing.safetensors")
 
 
 def test_bad_files_give_checkpoint_errors(tmp_path):
