@@ -4,7 +4,8 @@ Two frames, two types. `SlicePrompts` hold what callers pass: slice pixels, x = 
 y = row, box corners the first and last pixel covered (as a user drags them). `Prompts` hold
 the 224 model frame the network reads. `SlicePrompts.to_model` is the one conversion
 (slice_to_model / model_to_slice do the arithmetic), as SamPredictor converts at its edge.
-The label-map helpers (points_from_mask, box_from_mask) give model-frame Prompts.
+The label-map helpers (points_from_mask, box_from_mask) give model-frame Prompts for training
+and evaluation; slice_box_from_mask gives the same box in slice pixels for predictor callers.
 """
 from __future__ import annotations
 
@@ -236,21 +237,50 @@ def points_from_mask(labels2d: np.ndarray, k: int, rng: np.random.Generator | No
     return Prompts(points=xy, point_labels=lab, point_classes=cls)
 
 
+def _mask_extents(labels2d: np.ndarray, per_class: bool, name: str) -> list[tuple[int, int, int, int, int]]:
+    """(class, first column, first row, last column, last row) of the union foreground (class 0) or of each present class."""
+    labels2d = np.asarray(labels2d)
+    if labels2d.ndim != 2:
+        raise PromptError(f"{name} needs a 2-D label map, got shape {labels2d.shape}")
+    groups = [(c, labels2d == c) for c in CLASSES] if per_class else [(0, labels2d > 0)]
+    out = []
+    for c, m in groups:
+        if m.any():
+            rows, cols = np.nonzero(m)
+            out.append((c, int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())))
+    return out
+
+
 def box_from_mask(labels2d: np.ndarray, margin: float = 2, per_class: bool = False) -> Prompts:
     """Union box of all foreground (class 0) or one box per present class, margin in the 224 frame."""
     labels2d = np.asarray(labels2d)
-    if labels2d.ndim != 2:
-        raise PromptError(f"box_from_mask needs a 2-D label map, got shape {labels2d.shape}")
-    groups = [(c, labels2d == c) for c in CLASSES] if per_class else [(0, labels2d > 0)]
     boxes, classes = [], []
-    for c, m in groups:
-        if not m.any():
-            continue
-        rows, cols = np.nonzero(m)
-        corners = slice_to_model([[cols.min(), rows.min()], [cols.max(), rows.max()]], labels2d.shape)
+    for c, x0, y0, x1, y1 in _mask_extents(labels2d, per_class, "box_from_mask"):
+        corners = slice_to_model([[x0, y0], [x1, y1]], labels2d.shape)
         box = np.concatenate([corners[0] - margin, corners[1] + margin])
         boxes.append(np.clip(box, 0, MODEL_SIZE - 1))
         classes.append(c)
     if not boxes:
         return Prompts.empty()
     return Prompts(boxes=np.asarray(boxes, np.float32), box_classes=classes)
+
+
+def slice_box_from_mask(labels2d: np.ndarray, margin: float = 2, per_class: bool = False) -> SlicePrompts:
+    """box_from_mask in slice pixels, for callers of the predictor (prompts cross the library's edge in slice pixels).
+
+    `margin` is still counted in 224-frame pixels (margin * w / 224 slice columns, margin * h / 224
+    rows), so `.to_model(shape)` gives box_from_mask's box; the box is clipped to the slice's pixels.
+    On a slice smaller than 224 a box touching the slice's edge stops at its outermost pixel centre
+    (to_model's clipping), where box_from_mask would reach the frame's edge (half a slice pixel at most).
+    """
+    labels2d = np.asarray(labels2d)
+    extents = _mask_extents(labels2d, per_class, "slice_box_from_mask")
+    h, w = labels2d.shape
+    mx, my = margin * w / MODEL_SIZE, margin * h / MODEL_SIZE
+    boxes, classes = [], []
+    for c, x0, y0, x1, y1 in extents:
+        boxes.append([max(x0 - mx, 0), max(y0 - my, 0), min(x1 + mx, w - 1), min(y1 + my, h - 1)])
+        classes.append(c)
+    if not boxes:
+        return SlicePrompts.empty()
+    return SlicePrompts(boxes=np.asarray(boxes, np.float32), box_classes=classes)

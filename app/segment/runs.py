@@ -59,7 +59,7 @@ def propagate_box(s: Session, start: int | None = None, end: int | None = None,
     Runs towards `end` (either direction); stops where the previous mask is empty; locked
     slices are kept and their masks seed the next slice.
     """
-    from usam.prompts import box_from_mask
+    from usam.prompts import slice_box_from_mask
 
     margin = as_number(margin, "the propagation margin")
     lo, hi = clamp_range(*range_numbers(start, end), s.nz)
@@ -75,7 +75,7 @@ def propagate_box(s: Session, start: int | None = None, end: int | None = None,
             stopped_at = z
             break
         if not s.locked(z):
-            s.overwrite_unlocked(z, predict_slice(s, z, box_from_mask(prev, margin=margin), 1))
+            s.overwrite_unlocked(z, predict_slice(s, z, slice_box_from_mask(prev, margin=margin), 1))
             done += 1
         _report(progress, i + 1, len(zs), "slices")
     s.actions.append({"op": "propagate", "start": lo, "end": hi, "margin": margin})

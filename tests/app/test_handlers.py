@@ -105,6 +105,25 @@ def test_propagate_box_runs_through_the_range_and_stops_on_empty(fake_session):
     assert r["propagated"] == 3 and s.labels[z - 3].any()
 
 
+def test_propagate_box_passes_slice_pixel_boxes_with_the_old_model_frame_results(fake_session, monkeypatch):
+    """The box crosses the library's edge in slice pixels (SlicePrompts); each slice gets the labels the
+    model-frame box_from_mask box gave before."""
+    from usam.prompts import SlicePrompts, box_from_mask
+
+    s = fake_session
+    z = 10
+    H.add_box(s, 40, 40, 80, 80, z=z)
+    seen = []
+    predict = s.predictor.predict
+    monkeypatch.setattr(s.predictor, "predict", lambda k, p: (seen.append((k, p)), predict(k, p))[1])
+    H.propagate_box(s, z, z + 4, margin=3.0)
+    assert [k for k, _ in seen] == [z + 1, z + 2, z + 3, z + 4]
+    for k, p in seen:
+        assert isinstance(p, SlicePrompts)
+        old = predict(k, box_from_mask(s.labels[k - 1], margin=3.0))
+        assert np.array_equal(s.labels[k], old.labels), k
+
+
 def test_viewer_payload_and_status(fake_session):
     s = fake_session
     H.add_point(s, 40, 50, True, 1)

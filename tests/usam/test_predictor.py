@@ -89,6 +89,21 @@ def test_slice_pixel_prompts_are_converted_by_the_predictor(model, volume):
         pred.predict(2, SlicePrompts(points=[[80, 10]], point_labels=[1]))
 
 
+def test_a_mask_box_in_slice_pixels_predicts_as_the_model_frame_box(model, volume):
+    """The app's propagation box (slice_box_from_mask, slice pixels) gives box_from_mask's result, all rules on."""
+    from usam.prompts import box_from_mask, slice_box_from_mask
+
+    pred = VolumePredictor(model, volume, META, device="cpu")
+    mask = np.zeros((96, 80), np.uint8)
+    mask[30:60, 20:45] = 1
+    mask[40:50, 25:35] = 2
+    for per_class in (False, True):
+        new = pred.predict(3, slice_box_from_mask(mask, margin=2, per_class=per_class))
+        old = pred.predict(3, box_from_mask(mask, margin=2, per_class=per_class))
+        np.testing.assert_allclose(new.probs, old.probs, atol=1e-5)
+        np.testing.assert_array_equal(new.labels, old.labels)
+
+
 def test_the_predictor_leaves_the_model_alone(reference, volume):
     """Constructing and running predictors changes neither the model's mode, device, forwards nor weights."""
     before = {k: v.clone() for k, v in reference.state_dict().items()}

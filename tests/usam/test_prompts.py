@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from usam.errors import PromptError
-from usam.prompts import Prompts, box_from_mask, model_to_slice, points_from_mask, slice_to_model
+from usam.prompts import (Prompts, SlicePrompts, box_from_mask, model_to_slice, points_from_mask,
+                          slice_box_from_mask, slice_to_model)
 
 
 def _labels(h=224, w=224):
@@ -72,6 +73,36 @@ def test_box_from_mask_union_and_per_class():
     edge[0:5, 220:224] = 1
     np.testing.assert_allclose(box_from_mask(edge).boxes, [[218, 0, 223, 6]])
     assert box_from_mask(np.zeros((10, 10))).is_empty
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (512, 512), (96, 80), (100, 333)])
+def test_slice_box_from_mask_is_box_from_mask_in_slice_pixels(shape):
+    """Converted by the one conversion it is box_from_mask's model-frame box (margin counted in 224 pixels)."""
+    h, w = shape
+    lab = np.zeros(shape, np.uint8)
+    lab[h // 4:h // 2, w // 3:w // 2] = 1
+    lab[h // 3:h // 2 - 2, w // 3 + 2:w // 2 - 1] = 2
+    for margin, per_class in ((2, False), (0, True), (5.5, True)):
+        sb = slice_box_from_mask(lab, margin=margin, per_class=per_class)
+        assert isinstance(sb, SlicePrompts)
+        old = box_from_mask(lab, margin=margin, per_class=per_class)
+        np.testing.assert_allclose(sb.to_model(shape).boxes, old.boxes, atol=1e-4)
+        assert list(sb.box_classes) == list(old.box_classes)
+    # margin 0: the first and last pixel covered, as a user drags the box
+    np.testing.assert_allclose(slice_box_from_mask(lab, margin=0).boxes,
+                               [[w // 3, h // 4, w // 2 - 1, h // 2 - 1]])
+    assert slice_box_from_mask(np.zeros(shape)).is_empty
+    with pytest.raises(PromptError, match="2-D label map"):
+        slice_box_from_mask(np.zeros((2,) + shape))
+
+
+def test_slice_box_from_mask_stays_on_the_slice():
+    """A mask on the slice's edge: the box is clipped to the slice's pixels (then to_model clips as ever)."""
+    edge = np.zeros((512, 512), np.uint8)
+    edge[0:12, 500:512] = 1
+    sb = slice_box_from_mask(edge)
+    assert sb.boxes.min() >= 0 and sb.boxes[0, 2] == 511 and sb.boxes[0, 1] == 0
+    np.testing.assert_allclose(sb.to_model(edge.shape).boxes, box_from_mask(edge).boxes, atol=1e-4)
 
 
 def test_prompts_validation_and_dict_round_trip():
