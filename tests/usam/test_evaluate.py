@@ -151,3 +151,18 @@ def test_crop_to_union_keeps_metrics():
     for c in (1, 2):
         for k in ("dice", "iou", "nsd", "hd95", "vol_pred_ml", "vol_gt_ml"):
             assert b["per_class"][c][k] == pytest.approx(a["per_class"][c][k])
+
+
+def test_cli_takes_usam_checkpoint_from_the_environment_at_its_edge(tmp_path, monkeypatch, capsys):
+    """`python -m usam evaluate` reads $USAM_CHECKPOINT in its parser and names it when the file is missing;
+    --checkpoint wins over it."""
+    from usam.__main__ import main
+
+    monkeypatch.setenv("USAM_CHECKPOINT", str(tmp_path / "env-missing.safetensors"))
+    argv = ["evaluate", "--data", str(tmp_path), "--format", "npz", "--protocol", "reference"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: $USAM_CHECKPOINT points to") and "env-missing.safetensors" in err
+    assert main(argv + ["--checkpoint", str(tmp_path / "flag-missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --checkpoint points to") and "flag-missing.safetensors" in err
