@@ -238,7 +238,7 @@ def points_from_mask(labels2d: np.ndarray, k: int, rng: np.random.Generator | No
 
 
 def _mask_extents(labels2d: np.ndarray, per_class: bool, name: str) -> list[tuple[int, int, int, int, int]]:
-    """(class, first column, first row, last column, last row) of the union foreground (class 0) or of each present class."""
+    """(class, first col, first row, last col, last row) of the union foreground (class 0) or each present class."""
     labels2d = np.asarray(labels2d)
     if labels2d.ndim != 2:
         raise PromptError(f"{name} needs a 2-D label map, got shape {labels2d.shape}")
