@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.app.test_browser import ARTIFACTS, CHROMIUM
-from tests.study.conftest import END, START, make_study, write_tiny_cohort
+from tests.study.conftest import END, START
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium missing: apt-get install -y chromium")
 
@@ -24,18 +24,8 @@ HOOK = "(document.querySelector('#study-contour .uc-root') || {}).__contour"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The real app with this tab on a fresh tiny study (40x40 slices, range 2..7)."""
-    from argon2 import PasswordHasher
-
-    from study import auth
-    from tests.app.test_study_client import _Ctx, _port
-    from tests.reliability.helpers import for_tests
-
-    saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    tmp = tmp_path_factory.mktemp("contour")
-    svc, admin, code, sid = make_study(tmp, write_tiny_cohort(tmp / "cohort"))
-    from app.main import build_app, launch_kwargs
-
     from tests.app.conftest import FakePredictor
+    from tests.app.test_study_client import _Ctx, launched_tiny_study
 
     class Ctx(_Ctx):
         """The test study's context with the fake predictor: the Segment tab loads without errors."""
@@ -43,17 +33,8 @@ def app(tmp_path_factory):
         def new_predictor(self, volume):
             return FakePredictor(volume)
 
-    ctx = Ctx(_port(), svc)
-    demo = for_tests(build_app(ctx))
-    demo.queue(default_concurrency_limit=4)
-    kw = launch_kwargs(ctx)
-    kw.update(prevent_thread_lock=True, quiet=True)
-    demo.launch(**kw)
-    try:
-        yield f"http://127.0.0.1:{ctx.config.port}/", svc, code
-    finally:
-        demo.close()
-        auth._HASHER = saved
+    with launched_tiny_study(tmp_path_factory.mktemp("contour"), ctx_cls=Ctx) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

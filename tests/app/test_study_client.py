@@ -3,8 +3,11 @@ slices, close, log in again, resume, submit; scores appear in the admin report. 
 study endpoint refuses unauthenticated callers and readers' calls to admin endpoints."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -39,32 +42,38 @@ def tiny_cohort(tmp_path_factory):
     return write_tiny_cohort(tmp_path_factory.mktemp("cohort"))
 
 
-@pytest.fixture(scope="module")
-def study_app(tmp_path_factory, tiny_cohort):
-    """One launched app (the real app.main with this tab) on a fresh study for the module."""
+@contextlib.contextmanager
+def launched_tiny_study(tmp: Path, cohort: Path | None = None, ctx_cls: type = _Ctx) -> Iterator[tuple]:
+    """The real app.main with the study tab on a fresh tiny study, launched on 127.0.0.1 with a
+    cheap argon2: (url, service, study code). Shared by the study's API, integrity and browser tests."""
     from argon2 import PasswordHasher
 
-    from study import auth
-
-    saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    tmp_path = tmp_path_factory.mktemp("study_app")
-    svc, admin, code, sid = make_study(tmp_path, tiny_cohort)
     from app.main import build_app, launch_kwargs
-
-    ctx = _Ctx(_port(), svc)
+    from study import auth
     from tests.reliability.helpers import for_tests
 
+    saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    svc, admin, code, sid = make_study(tmp, cohort or write_tiny_cohort(tmp / "cohort"))
+    ctx = ctx_cls(_port(), svc)
     demo = for_tests(build_app(ctx))
     demo.queue(default_concurrency_limit=4)
     kw = launch_kwargs(ctx)
     kw.update(prevent_thread_lock=True, quiet=True)
     demo.launch(**kw)
     try:
-        yield f"http://127.0.0.1:{ctx.config.port}/", svc, code, tmp_path
+        yield f"http://127.0.0.1:{ctx.config.port}/", svc, code
     finally:
         demo.close()
         auth._HASHER = saved
+
+
+@pytest.fixture(scope="module")
+def study_app(tmp_path_factory, tiny_cohort):
+    """One launched app (the real app.main with this tab) on a fresh study for the module."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    tmp_path = tmp_path_factory.mktemp("study_app")
+    with launched_tiny_study(tmp_path, tiny_cohort) as (url, svc, code):
+        yield url, svc, code, tmp_path
 
 
 def _mask(labels):

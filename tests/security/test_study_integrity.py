@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from study.masks import decode_labels, encode_labels
-from tests.study.conftest import START, make_study, write_tiny_cohort
+from tests.study.conftest import START
 
 PRESET = "Abdomen (400/40)"
 PW = "integrity-pass-5"
@@ -21,28 +21,10 @@ PW = "integrity-pass-5"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from argon2 import PasswordHasher
+    from tests.app.test_study_client import launched_tiny_study
 
-    from study import auth
-    from tests.app.test_study_client import _Ctx, _port
-    from tests.reliability.helpers import for_tests
-
-    saved, auth._HASHER = auth._HASHER, PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    tmp = tmp_path_factory.mktemp("integrity")
-    svc, admin, code, sid = make_study(tmp, write_tiny_cohort(tmp / "cohort"))
-    from app.main import build_app, launch_kwargs
-
-    ctx = _Ctx(_port(), svc)
-    demo = for_tests(build_app(ctx))
-    demo.queue(default_concurrency_limit=4)
-    kw = launch_kwargs(ctx)
-    kw.update(prevent_thread_lock=True, quiet=True)
-    demo.launch(**kw)
-    try:
-        yield f"http://127.0.0.1:{ctx.config.port}/", svc, code
-    finally:
-        demo.close()
-        auth._HASHER = saved
+    with launched_tiny_study(tmp_path_factory.mktemp("integrity")) as launched:
+        yield launched
 
 
 def _client(url):
