@@ -5,7 +5,8 @@ y = row, box corners the first and last pixel covered (as a user drags them). `P
 the 224 model frame the network reads. `SlicePrompts.to_model` is the one conversion
 (slice_to_model / model_to_slice do the arithmetic), as SamPredictor converts at its edge.
 The label-map helpers (points_from_mask, box_from_mask) give model-frame Prompts for training
-and evaluation; slice_box_from_mask gives the same box in slice pixels for predictor callers.
+and evaluation; slice_points_from_mask and slice_box_from_mask give the same in slice pixels
+for predictor callers.
 """
 from __future__ import annotations
 
@@ -235,6 +236,21 @@ def points_from_mask(labels2d: np.ndarray, k: int, rng: np.random.Generator | No
         return Prompts.empty()
     xy = slice_to_model(np.asarray(pts, dtype=np.float64), labels2d.shape)
     return Prompts(points=xy, point_labels=lab, point_classes=cls)
+
+
+def slice_points_from_mask(labels2d: np.ndarray, k: int, rng: np.random.Generator | None = None,
+                           negatives: int = 0) -> SlicePrompts:
+    """points_from_mask in slice pixels (x = column, y = row), for callers of the predictor.
+
+    The same pixels as points_from_mask (rng None: evenly spaced in raster order), so
+    `.to_model(shape)` gives its Prompts; the choice is made there once and mapped back here
+    (the round trip moves a pixel index by < 1e-3, rounded away).
+    """
+    p = points_from_mask(labels2d, k, rng, negatives=negatives)
+    if p.is_empty:
+        return SlicePrompts.empty()
+    xy = np.rint(model_to_slice(p.points, np.asarray(labels2d).shape))
+    return SlicePrompts(points=xy, point_labels=p.point_labels, point_classes=p.point_classes)
 
 
 def _mask_extents(labels2d: np.ndarray, per_class: bool, name: str) -> list[tuple[int, int, int, int, int]]:

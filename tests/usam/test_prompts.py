@@ -4,7 +4,7 @@ import pytest
 
 from usam.errors import PromptError
 from usam.prompts import (Prompts, SlicePrompts, box_from_mask, model_to_slice, points_from_mask,
-                          slice_box_from_mask, slice_to_model)
+                          slice_box_from_mask, slice_points_from_mask, slice_to_model)
 
 
 def _labels(h=224, w=224):
@@ -59,6 +59,32 @@ def test_points_from_mask_on_a_larger_slice_are_in_the_model_frame():
     back = model_to_slice(p.points, lab.shape).round().astype(int)
     assert lab[back[0, 1], back[0, 0]] == 2
     assert p.points.max() < 224
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (512, 512), (96, 80), (100, 333)])
+def test_slice_points_from_mask_are_points_from_mask_in_slice_pixels(shape):
+    """Integer slice pixels on their class (the evenly spaced raster slots); converted they are points_from_mask's."""
+    h, w = shape
+    lab = np.zeros(shape, np.uint8)
+    lab[h // 4:h // 2, w // 3:w // 2] = 1
+    lab[h // 3:h // 2 - 2, w // 3 + 2:w // 2 - 1] = 2
+    lab[h - 3:, w - 2:] = 2  # a class pixel on the last row and column
+    sp = slice_points_from_mask(lab, k=3)
+    assert isinstance(sp, SlicePrompts) and list(sp.point_classes) == [1, 1, 1, 2, 2, 2]
+    for c, pts in ((1, sp.points[:3]), (2, sp.points[3:])):
+        rows, cols = np.nonzero(lab == c)
+        slots = np.linspace(0, len(rows) - 1, 10).round().astype(int)[[0, 2, 4]]
+        np.testing.assert_array_equal(pts, np.stack([cols[slots], rows[slots]], 1))
+    np.testing.assert_array_equal(sp.to_model(shape).points, points_from_mask(lab, k=3).points)
+    last = slice_points_from_mask(np.where(lab == 2, 0, lab) + (np.arange(w) == w - 1) * 2, k=1)
+    assert last.points[-1, 0] == w - 1  # the last column stays on the slice
+    rng = np.random.default_rng(3)
+    rp = slice_points_from_mask(lab, k=4, rng=rng, negatives=2)
+    assert list(rp.point_labels) == [1] * 8 + [0, 0]
+    xy = rp.points.astype(int)
+    np.testing.assert_array_equal(rp.points, xy)
+    assert [lab[y, x] for x, y in xy] == [1] * 4 + [2] * 4 + [0, 0]
+    assert slice_points_from_mask(np.zeros(shape), k=3).is_empty
 
 
 def test_box_from_mask_union_and_per_class():
