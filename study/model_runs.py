@@ -20,16 +20,18 @@ VARIANTS = ("usam", "usam_p", "usam_b")
 
 
 def prompts_for(variant: str, gt2d: np.ndarray):
-    """Prompts of a variant for one slice (None: no prompt; 'skip': nothing to segment)."""
-    from usam.prompts import box_from_mask, points_from_mask
+    """SlicePrompts of a variant for one slice, in its own pixels (None: no prompt; 'skip': nothing to segment).
+
+    The predictor converts them to its frame; the box's margin of 2 is counted in 224-frame pixels."""
+    from usam.prompts import slice_box_from_mask, slice_points_from_mask
 
     if variant == "usam":
         return None
     if not (gt2d > 0).any():
         return "skip"
     if variant == "usam_p":
-        return points_from_mask(gt2d, 3, rng=None)
-    return box_from_mask(gt2d, margin=2)
+        return slice_points_from_mask(gt2d, 3, rng=None)
+    return slice_box_from_mask(gt2d, margin=2)
 
 
 def run_case(predictor: Any, gt: np.ndarray, start: int, end: int, variant: str) -> tuple[np.ndarray, float]:
