@@ -37,12 +37,12 @@ def cmd_init(args) -> int:
 
 def cmd_import(args) -> int:
     """Import a case folder into a new (or the given) study and save its plan."""
-    from study import ops
+    from study import ops, studies
 
     db = _db(args)
     with db.session() as s:
         if args.study:
-            st = ops.get_study(s, args.study)
+            st = studies.get_study(s, args.study)
         else:
             st = ops.create_study(s, args.name, code=args.code, k=args.k, group_sizes=args.groups,
                                   arms=args.arms.split(","), seed=args.seed, idle_threshold_s=args.idle,
@@ -82,12 +82,12 @@ def _fmt(v) -> str:
 
 def cmd_report(args) -> int:
     """Print Table 3 (ours and the paper's); --out writes Markdown, JSON rows and HTML figures."""
-    from study import ops
+    from study import studies
     from study.report import build_report
 
     db = _db(args)
     with db.session() as s:
-        rep = build_report(s, ops.get_study(s, args.study), n_boot=args.boot, with_figures=bool(args.out))
+        rep = build_report(s, studies.get_study(s, args.study), n_boot=args.boot, with_figures=bool(args.out))
     print("# Table 3 (this study)\n")
     print(rep.markdown)
     print("\n# Reader-level view (mean of each reader's mean Dice)\n")
@@ -146,12 +146,12 @@ def cmd_backup(args) -> int:
 
 def cmd_export(args) -> int:
     """Long-format CSV (OUT/annotations_long.csv) and, with --nifti, masks under OUT/masks/."""
-    from study import ops
+    from study import studies
     from study.export import export_long_csv, export_nifti
 
     out = Path(args.out)
     with _db(args).session() as s:
-        st = ops.get_study(s, args.study)
+        st = studies.get_study(s, args.study)
         p = export_long_csv(s, st, out / "annotations_long.csv")
         print(f"CSV: {p}")
         if args.nifti:
@@ -163,7 +163,7 @@ def cmd_export(args) -> int:
 def cmd_drop(args) -> int:
     """Drop a reader and re-assign their unfinished cases."""
 
-    from study import ops
+    from study import planning
     from study.errors import NotFound
     from study.models import Study
 
@@ -173,7 +173,7 @@ def cmd_drop(args) -> int:
         u = find_login(s, args.login)            # the canonical form (NFKC + casefold), as at login
         if u is None or u.study_id is None:
             raise NotFound(f"No reader {args.login!r}.")
-        m = ops.drop_reader(s, s.get(Study, u.study_id), u)
+        m = planning.drop_reader(s, s.get(Study, u.study_id), u)
         print(f"{args.login} dropped; {sum(v is not None for v in m.values())} assignments re-assigned, "
               f"{sum(v is None for v in m.values())} without a taker")
     return 0
@@ -181,10 +181,10 @@ def cmd_drop(args) -> int:
 
 def cmd_close_registration(args) -> int:
     """Give the cases of never-claimed reader slots to the registered readers."""
-    from study import ops
+    from study import planning, studies
 
     with _db(args).session() as s:
-        placed, unplaced = ops.reassign_unclaimed(s, ops.get_study(s, args.study))
+        placed, unplaced = planning.reassign_unclaimed(s, studies.get_study(s, args.study))
     print(f"{placed} assignments re-assigned, {unplaced} without a taker")
     return 0
 

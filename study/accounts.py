@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from study import ops, throttle
+from study.audit import audit
 from study.auth import check_credentials, current_browser, open_session, revoke
 from study.db import Database
 from study.errors import AuthError, Conflict, InvalidInput, RateLimited
@@ -51,8 +52,8 @@ def reserve(db: Database, login: str, address: str) -> throttle.Refusal | None:
             with db.session() as s:
                 refusal = throttle.reserve(s, login, address, limits=db.settings.login)
                 if refusal is not None:
-                    ops.audit(s, None, "login_throttled", login[:128], address=address, scope=refusal.scope,
-                              wait_s=round(refusal.wait_s, 1))
+                    audit(s, None, "login_throttled", login[:128], address=address, scope=refusal.scope,
+                          wait_s=round(refusal.wait_s, 1))
                 return refusal
         except throttle.Raced:
             continue
@@ -76,7 +77,7 @@ def login(db: Database, login: str, password: str, address: str = "") -> str:
         user = check_credentials(s, login, password)
         s.add(LoginAttempt(login=canon[:64], address=address, success=user is not None, t=utcnow()))
         if user is None:
-            ops.audit(s, None, "login_failed", canon[:64], address=address)
+            audit(s, None, "login_failed", canon[:64], address=address)
         else:
             throttle.settle_success(s, canon, address)
     if user is None:
@@ -86,7 +87,7 @@ def login(db: Database, login: str, password: str, address: str = "") -> str:
         if user.status == "dropped":
             raise AuthError("This account was closed by the study administrator.")
         token = open_session(s, user, ttl=db.settings.session_ttl)
-        ops.audit(s, user.id, "login", f"clinician:{user.id}", address=address)
+        audit(s, user.id, "login", f"clinician:{user.id}", address=address)
         return token
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from study import ops
+from study import ops, planning, studies
+from study.audit import audit
 from study.errors import Conflict, InvalidInput, NotFound
 from study.inputs import as_int, check_group
 from study.models import Assignment, Clinician, Study
@@ -26,7 +27,7 @@ def create_study(s: Session, admin: Clinician, name: str, **settings) -> dict:
 
 def import_cases(s: Session, admin: Clinician, study_id: Any, folder: str) -> int:
     """Add a folder of cases to a study and save its assignment plan; the number added."""
-    st = ops.get_study(s, as_int(study_id, "study"))
+    st = studies.get_study(s, as_int(study_id, "study"))
     return len(ops.import_cases(s, st, folder, actor_id=admin.id))
 
 
@@ -45,9 +46,9 @@ def set_group(s: Session, admin: Clinician, clinician_id: Any, group: Any) -> di
     if held and u.group != g:
         raise Conflict("This reader already holds assignments in another group; drop and re-register.")
     u.group = g
-    ops.audit(s, admin.id, "set_group", f"clinician:{u.id}", group=g)
+    audit(s, admin.id, "set_group", f"clinician:{u.id}", group=g)
     if not held and u.study_id:
-        ops.claim_slot(s, s.get(Study, u.study_id), u)
+        planning.claim_slot(s, s.get(Study, u.study_id), u)
     return {"id": u.id, "group": g}
 
 
@@ -56,7 +57,7 @@ def drop_reader(s: Session, admin: Clinician, clinician_id: Any) -> dict:
     u = _reader(s, clinician_id)
     if u.study_id is None:
         raise NotFound("No such reader.")
-    m = ops.drop_reader(s, s.get(Study, u.study_id), u, admin.id)
+    m = planning.drop_reader(s, s.get(Study, u.study_id), u, admin.id)
     return {"reassigned": sum(v is not None for v in m.values()), "unplaced": sum(v is None for v in m.values())}
 
 
@@ -69,19 +70,19 @@ def reopen(s: Session, admin: Clinician, assignment_id: Any) -> dict:
             Assignment.clinician_id == a.clinician_id, Assignment.status == "open")):
         raise Conflict("The reader has another case open; re-open after they submit it.")
     a.status = "open"
-    ops.audit(s, admin.id, "reopen", f"assignment:{a.id}")
+    audit(s, admin.id, "reopen", f"assignment:{a.id}")
     return {"id": a.id, "status": a.status}
 
 
 def close_registration(s: Session, admin: Clinician, study_id: int | None) -> dict:
     """Hand the cases of never-claimed reader slots to the registered readers."""
-    placed, unplaced = ops.reassign_unclaimed(s, ops.get_study(s, study_id), admin.id)
+    placed, unplaced = planning.reassign_unclaimed(s, studies.get_study(s, study_id), admin.id)
     return {"reassigned": placed, "unplaced": unplaced}
 
 
 def readers(s: Session, study_id: int | None) -> list[dict]:
     """The study's accounts with their progress."""
-    st = ops.get_study(s, study_id)
+    st = studies.get_study(s, study_id)
     out = []
     for u in s.scalars(select(Clinician).where(Clinician.study_id == st.id).order_by(Clinician.id)):
         rows = list(s.scalars(select(Assignment).where(Assignment.clinician_id == u.id,
@@ -95,24 +96,24 @@ def readers(s: Session, study_id: int | None) -> list[dict]:
 
 def study_info(s: Session, study_id: int | None) -> dict:
     """Settings of a study incl. its registration code."""
-    st = ops.get_study(s, study_id)
+    st = studies.get_study(s, study_id)
     return {"id": st.id, "name": st.name, "code": st.code, "k": st.k, "arms": st.arms,
             "group_sizes": st.group_sizes, "seed": st.seed, "idle_threshold_s": st.idle_threshold_s,
             "nsd_tolerance_mm": st.nsd_tolerance_mm, "is_demo": st.is_demo,
-            "cases": len(ops.study_cases(s, st.id))}
+            "cases": len(studies.study_cases(s, st.id))}
 
 
 def report(s: Session, study_id: int | None):
     """Table 3, per-case and reader-level views and figures."""
     from study.report import build_report
 
-    return build_report(s, ops.get_study(s, study_id))
+    return build_report(s, studies.get_study(s, study_id))
 
 
 def start_model_runs(s: Session, admin: Clinician, study_id: int | None) -> int:
     """Audit a model run of a study; its id."""
-    sid = ops.get_study(s, study_id).id
-    ops.audit(s, admin.id, "run_models", f"study:{sid}")
+    sid = studies.get_study(s, study_id).id
+    audit(s, admin.id, "run_models", f"study:{sid}")
     return sid
 
 
@@ -120,6 +121,6 @@ def export_csv(s: Session, admin: Clinician, path: str | Path, study_id: int | N
     """Long-format CSV of every scored annotation."""
     from study.export import export_long_csv
 
-    st = ops.get_study(s, study_id)
-    ops.audit(s, admin.id, "export_csv", f"study:{st.id}")
+    st = studies.get_study(s, study_id)
+    audit(s, admin.id, "export_csv", f"study:{st.id}")
     return export_long_csv(s, st, Path(path))

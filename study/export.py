@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from study import ops
+from study import ops, studies
 from study.cases import CACHE, CaseCache
 from study.db import Database
 from study.errors import InvalidInput
@@ -55,7 +55,7 @@ def export_nifti(s: Session, study: Study, out_dir: Path, cache: CaseCache | Non
     cache = cache or CACHE
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = {c.id: c for c in ops.study_cases(s, study.id)}
+    cases = {c.id: c for c in studies.study_cases(s, study.id)}
     logins = {}
     paths = []
     for sub in ops.latest_submissions(s, study.id):

@@ -9,7 +9,8 @@ from typing import Any, Callable
 import numpy as np
 from sqlalchemy import func, select
 
-from study import ops
+from study import studies
+from study.audit import audit
 from study.cases import CACHE, CaseCache
 from study.db import Database
 from study.errors import InvalidInput
@@ -58,9 +59,9 @@ def run_model_variants(db: Database, study_id: int | None, predictor_factory: Ca
         raise InvalidInput(f"Unknown model variant(s) {bad}; choose from {list(VARIANTS)}.")
     cache = cache or CACHE
     with db.session() as s:
-        st = ops.get_study(s, study_id)
+        st = studies.get_study(s, study_id)
         cases = [(c.id, c.key, c.volume_path, c.gt_path, c.gt_sha256, c.start_slice, c.end_slice, list(c.spacing))
-                 for c in ops.study_cases(s, st.id)]
+                 for c in studies.study_cases(s, st.id)]
         sid, tol = st.id, st.nsd_tolerance_mm
     n = 0
     for cid, key, vp, gp, sha, start, end, spacing in cases:
@@ -76,7 +77,7 @@ def run_model_variants(db: Database, study_id: int | None, predictor_factory: Ca
                 s.add(Submission(study_id=sid, case_id=cid, arm=v, revision=rev, data=encode_mask(labels),
                                  shape=list(labels.shape), inference_s=secs, scores=scores, gt_sha256=sha,
                                  submitted_at=utcnow()))
-                ops.audit(s, None, "model_run", f"case:{cid}", arm=v, revision=rev)
+                audit(s, None, "model_run", f"case:{cid}", arm=v, revision=rev)
             n += 1
             if progress:
                 progress(f"{key} {v}: mean Dice {scores['dice_mean']}")

@@ -13,7 +13,7 @@ from sqlalchemy import case as sql_case
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from study import ops
+from study.audit import audit
 from study.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from study.inputs import as_int
 from study.masks import INTERPOLATED as INTERP
@@ -166,7 +166,7 @@ def open_case(s: Session, user: Clinician, assignment_id: Any, clock: Clock) -> 
     s.add(sess)
     s.flush()
     s.add(ActivityEvent(assignment_id=a.id, session_id=sess.id, kind="open", active=True, t=clock()))
-    ops.audit(s, user.id, "open_case", f"assignment:{a.id}")
+    audit(s, user.id, "open_case", f"assignment:{a.id}")
     last = latest_session(s, a.id, with_slice=True)    # the new session has noted no slice yet
     sess.last_z = last.last_z if last is not None else None
     return view(s, a, queue(s, user))
@@ -213,8 +213,8 @@ def save_slice(s: Session, user: Clinician, assignment_id: Any, z: Any, mask: np
         row.data, row.source, row.saves, row.saved_at = encode_mask(labels), source, row.saves + 1, clock()
     sid = _note_slice(s, a.id, z)
     s.add(ActivityEvent(assignment_id=a.id, session_id=sid, kind="save", active=True, z=z, t=clock()))
-    ops.audit(s, user.id, "save_slice", f"assignment:{a.id}", z=z, source=source,
-              pixels={"normal": int((labels == 1).sum()), "tumor": int((labels == 2).sum())})
+    audit(s, user.id, "save_slice", f"assignment:{a.id}", z=z, source=source,
+          pixels={"normal": int((labels == 1).sum()), "tumor": int((labels == 2).sum())})
     return {"z": z, "saved": True}
 
 
@@ -290,7 +290,7 @@ def store_interpolated(s: Session, user: Clinician, plan: InterpolationPlan, fil
             row.data, row.saves, row.saved_at = encode_mask(lab), row.saves + 1, clock()
         done.append(z)
     s.add(ActivityEvent(assignment_id=a.id, kind="input", active=True, t=clock()))
-    ops.audit(s, user.id, "interpolate", f"assignment:{a.id}", slices=done)
+    audit(s, user.id, "interpolate", f"assignment:{a.id}", slices=done)
     return {"interpolated": done, "gaps": len(plan.gaps)}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from study import ops, stats
+from study import ops, stats, studies
 from study.models import Assignment, Case, Clinician, Study, Submission
 from study.scoring import decode_mask, pairwise_dice
 
@@ -48,7 +48,7 @@ class Report:
 
 def load_records(s: Session, study: Study) -> list[dict]:
     """One dict per scored annotation (newest revision): reader, case, group, arm, kind, scores, times."""
-    cases = {c.id: c for c in ops.study_cases(s, study.id)}
+    cases = {c.id: c for c in studies.study_cases(s, study.id)}
     logins = {u.id: u.login for u in s.scalars(select(Clinician).where(Clinician.study_id == study.id))}
     out = []
     for sub in ops.latest_submissions(s, study.id):
@@ -140,7 +140,7 @@ def per_case_table(records: Sequence[dict]) -> list[dict]:
 def progress_table(s: Session, study: Study, records: Sequence[dict]) -> list[dict]:
     """Planned and submitted reads per case and group (manual arm) against k."""
     out = []
-    for c in ops.study_cases(s, study.id):
+    for c in studies.study_cases(s, study.id):
         planned = list(s.scalars(select(Assignment).where(Assignment.case_id == c.id, Assignment.arm == "manual",
                                                           Assignment.status != "reassigned")))
         row = {"case": c.key, "planned": len(planned), "k": study.k}
@@ -154,7 +154,7 @@ def progress_table(s: Session, study: Study, records: Sequence[dict]) -> list[di
 
 def interobserver(s: Session, study: Study) -> list[dict]:
     """Pairwise mean-class Dice between readers' manual annotations, per case."""
-    cases = {c.id: c for c in ops.study_cases(s, study.id)}
+    cases = {c.id: c for c in studies.study_cases(s, study.id)}
     by_case: dict[int, list[np.ndarray]] = {}
     for sub in ops.latest_submissions(s, study.id):
         if sub.clinician_id and sub.arm == "manual":

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 from scipy import ndimage
 
-from study import ops
+from study import studies
 from study.cases import CACHE, CaseCache
 from study.db import Database
 from study.errors import InvalidInput
@@ -82,7 +82,7 @@ def simulate(db: Database, study_id: int | None = None, readers: int = 46, group
     cache = cache or CACHE
     rng = np.random.default_rng(seed)
     with db.session() as s:
-        st = ops.get_study(s, study_id)
+        st = studies.get_study(s, study_id)
         code, sid = st.code, st.id
         taken = {u.login for u in s.query(Clinician).filter(Clinician.login.like(f"sim{sid}_%"))}
     clock = SimClock(datetime(2025, 1, 6, 8, 0, tzinfo=timezone.utc))

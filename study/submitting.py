@@ -13,7 +13,8 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from study import ops, reading
+from study import reading
+from study.audit import audit
 from study.auth import as_utc
 from study.cases import CaseCache
 from study.errors import Conflict
@@ -98,6 +99,6 @@ def store(s: Session, user: Clinician, assignment_id: Any, d: Draft, pred: np.nd
                      scores=scores, gt_sha256=d.case_paths[2], submitted_at=now)
     s.add(sub)
     s.flush()
-    ops.audit(s, user.id, "submit", f"assignment:{a.id}", submission=sub.id, revision=rev,
-              slices_saved=len(d.masks), slices=n)
+    audit(s, user.id, "submit", f"assignment:{a.id}", submission=sub.id, revision=rev,
+          slices_saved=len(d.masks), slices=n)
     return {"submitted": True, "revision": rev, "slices_saved": len(d.masks), "slices": n}

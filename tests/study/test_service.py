@@ -174,8 +174,8 @@ def test_revision_after_admin_reopen_is_a_new_row(study_env):
         assert [r.revision for r in s.scalars(select(Submission).order_by(Submission.id))] == [1, 2]
     from study.report import load_records
     with svc.db.session() as s:
-        from study import ops
-        recs = load_records(s, ops.get_study(s, sid))
+        from study.studies import get_study
+        recs = load_records(s, get_study(s, sid))
     assert len(recs) == 1 and recs[0]["revision"] == 2
 
 
