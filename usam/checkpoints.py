@@ -252,9 +252,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         model = build_usam(UsamConfig.from_dict(meta["config"]))
         sd = load_file(str(path))
         try:
-            model.load_state_dict(sd, strict=True)
+            missing, unexpected = model.load_state_dict(sd, strict=False)
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not fit its own config: {exc}") from None
+        # a checkpoint older than an extension (e.g. the class-aware mask branch) keeps its zero init
+        missing = [k for k in missing if k not in extension_keys(model)]
+        if missing or unexpected:
+            raise CheckpointError(f"{path} does not fit its own config: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
         return model.to(device).eval(), meta
     obj = _torch_load(path, trust_pickle)
     sd = _state_dict_of(obj, path)

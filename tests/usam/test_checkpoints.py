@@ -10,7 +10,7 @@ import torch
 from usam.checkpoints import (demo_checkpoint_path, infer_config, load_checkpoint, load_sam_weights,
                               read_metadata, resolve_weights, save_checkpoint)
 from usam.errors import CheckpointError
-from usam.model import build_usam, get_config
+from usam.model import build_usam, extension_keys, get_config
 from usam.prompts import Prompts
 
 REF_JSON = Path("/work/shared/reference/usam_b_reference_state_dict_shapes.json")
@@ -71,7 +71,8 @@ def test_reference_layout_round_trip(tmp_path):
     back, meta = load_checkpoint(path, trust_pickle=True)
     report = meta["load_report"]
     assert sorted(report["loaded"]) == sorted(ref) and report["skipped"] == {}
-    assert report["left_at_init"] == ["sam.prompt_encoder.class_embeddings.weight"]
+    branch = [f"sam.prompt_encoder.mask_class_downscaling.{i}.{w}" for i in (0, 1, 3, 4, 6) for w in ("weight", "bias")]
+    assert report["left_at_init"] == ["sam.prompt_encoder.class_embeddings.weight"] + branch == extension_keys(back)
     assert meta["weights_kind"] == "reference" and meta["provenance"]["epoch"] == 7
     with torch.no_grad():
         x = _x()

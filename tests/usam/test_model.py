@@ -31,7 +31,8 @@ def test_vit_b_state_dict_equals_reference_layout():
         model = build_usam(get_config("vit_b"))
     sd = model.state_dict()
     extras = extension_keys(model)
-    assert extras == ["sam.prompt_encoder.class_embeddings.weight"]
+    branch = [f"sam.prompt_encoder.mask_class_downscaling.{i}.{w}" for i in (0, 1, 3, 4, 6) for w in ("weight", "bias")]
+    assert extras == ["sam.prompt_encoder.class_embeddings.weight"] + branch
     assert set(sd) - set(extras) == set(ref)
     assert {k: list(v.shape) for k, v in sd.items() if k in ref} == ref
     # the exact reference U-SAM-B holds 104,155,791 parameters (buffers excluded)
@@ -152,7 +153,7 @@ def test_lora_tunable_count_vit_b():
     lora = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     assert lora == 12 * 4 * 4 * 768  # q and v, A and B, rank 4, 12 blocks
     # everything but the ViT (patch_embed, pos_embed, blocks, neck) plus LoRA: paper 17.68 M
-    assert model.tunable_parameters() == 17_679_503
+    assert model.tunable_parameters() == 17_679_503 + 4_700  # + the class-aware mask branch (zero-init, trainable)
     assert abs(model.tunable_parameters() / 1e6 - 17.68) / 17.68 < 0.005
     assert all(isinstance(b.attn.qkv, LoraQkv) for b in model.sam.image_encoder.blocks)
 

@@ -309,16 +309,17 @@ class FastUsam(nn.Module):
                **inputs: Any) -> torch.Tensor:
         """Usam.decode through the derived decoder; features must come from this model's encode.
 
-        `inputs`: Usam.decode's other per-call inputs, passed through unchanged (so a new decoder
-        input is added to Usam.decode alone)."""
+        `inputs`: Usam.decode's other per-call inputs (mask_logits: the previous logits), passed
+        through unchanged (so a new decoder input is added to Usam.decode alone)."""
         self._check_mode()
         if not features.skip_parts:
             raise UsamError("these features hold raw skips: decode features encoded by this FastUsam")
         return self.model.decode(features, prompts, mask_decoder=self.mask_decoder, **inputs)
 
-    def forward(self, images: torch.Tensor, prompts: list[Prompts | None] | None = None) -> torch.Tensor:
-        """decode(encode(images), prompts)."""
-        return self.decode(self.encode(images), prompts)
+    def forward(self, images: torch.Tensor, prompts: list[Prompts | None] | None = None,
+                **inputs: Any) -> torch.Tensor:
+        """decode(encode(images), prompts, **inputs) (inputs: e.g. mask_logits, as Usam.decode)."""
+        return self.decode(self.encode(images), prompts, **inputs)
 
 
 def optimize_for_inference(model: Usam | FastUsam, device: str | torch.device | None = None) -> FastUsam:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from usam.model.mask_decoder import UsamMaskDecoder
 from usam.model.prompt_encoder import UsamPromptEncoder
 from usam.model.sam_parts import SamParts
 from usam.prompts import Prompts
+
+
+EXTENSION_PREFIXES = ("sam.prompt_encoder.class_embeddings.", "sam.prompt_encoder.mask_class_downscaling.")
 
 
 def used_skips(skips: int) -> tuple[bool, bool, bool, bool]:
@@ -92,11 +95,15 @@ class Usam(nn.Module):
         return out
 
     def decode(self, features: ImageFeatures, prompts: list[Prompts | None] | None = None,
+               mask_logits: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
                mask_decoder: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
-        """Features + one Prompts (or None) per image -> logits (B, num_classes, 224, 224).
+        """Features + one Prompts (or None) per image [+ previous logits] -> logits (B, num_classes, 224, 224).
 
-        Items whose prompts have the same (points, boxes) counts are decoded as one batch;
-        different counts are decoded group by group, which gives exactly the logits of decoding
+        mask_logits: None, a (B, num_classes, H, W) tensor of every item's previous logits (what
+        this decode returned for the slice before, usually H = W = 224), or a list of B items each
+        (num_classes, H, W) or None (no previous mask: SAM's no_mask_embed, as without masks).
+        Items with the same (points, boxes) counts and the same has-a-mask are decoded as one
+        batch; other groups are decoded one by one, which gives exactly the logits of decoding
         each item alone (padding with "not a point" tokens would change them). `mask_decoder`
         replaces sam.mask_decoder (same call signature): the inference decoder of
         usam.model.fast passes itself, so prompts reach both decoders through this one method.
@@ -112,16 +119,20 @@ class Usam(nn.Module):
         if len(prompts) != b:
             raise PromptError(f"{len(prompts)} prompt sets for {b} images")
         prompts = [Prompts.empty() if p is None else p for p in prompts]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        masks = _mask_items(mask_logits, b)
+        groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
         for i, p in enumerate(prompts):
-            groups[p.signature].append(i)
+            groups[p.signature + (masks[i] is not None,)].append(i)
         device = features.embedding.device
         pe = self.sam.prompt_encoder
         image_pe = pe.get_dense_pe()
         outs, order = [], []
-        for idx in groups.values():
+        for key, idx in groups.items():
             feats = features if len(groups) == 1 else features.select(idx)
             t = self._prompt_tensors([prompts[i] for i in idx], device)
+            if key[2]:
+                t["mask_logits"] = (mask_logits if isinstance(mask_logits, torch.Tensor) and len(groups) == 1
+                                    else torch.stack([masks[i] for i in idx]))
             sparse, dense = pe.encode(len(idx), **t)
             sparse = sparse.to(feats.embedding.dtype)
             outs.append(mask_decoder(feats.embedding, image_pe, sparse, dense, feats.skips))
@@ -132,9 +143,28 @@ class Usam(nn.Module):
         inverse[torch.as_tensor(order)] = torch.arange(b)
         return torch.cat(outs).index_select(0, inverse.to(device))
 
-    def forward(self, images: torch.Tensor, prompts: list[Prompts | None] | None = None) -> torch.Tensor:
-        """decode(encode(images), prompts)."""
-        return self.decode(self.encode(images), prompts)
+    def forward(self, images: torch.Tensor, prompts: list[Prompts | None] | None = None,
+                mask_logits: torch.Tensor | Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """decode(encode(images), prompts, mask_logits)."""
+        return self.decode(self.encode(images), prompts, mask_logits)
+
+
+def _mask_items(mask_logits: torch.Tensor | Sequence[torch.Tensor | None] | None, b: int) -> list[torch.Tensor | None]:
+    """Decode's mask_logits as one (K, H, W) tensor or None per item (checked: count, rank, one shape)."""
+    if mask_logits is None:
+        return [None] * b
+    if isinstance(mask_logits, torch.Tensor):
+        if mask_logits.ndim != 4:
+            raise PromptError(f"mask logits must be (B, classes, H, W), got shape {tuple(mask_logits.shape)}")
+        items = list(mask_logits.unbind(0))
+    else:
+        items = [None if m is None else torch.as_tensor(m) for m in mask_logits]
+    if len(items) != b:
+        raise PromptError(f"{len(items)} previous masks for {b} images")
+    shapes = {tuple(m.shape) for m in items if m is not None}
+    if len(shapes) > 1 or any(len(s) != 3 for s in shapes):
+        raise PromptError(f"previous masks must each be (classes, H, W) of one shape, got {sorted(shapes)}")
+    return items
 
 
 def build_usam(config: UsamConfig) -> Usam:
@@ -143,6 +173,6 @@ def build_usam(config: UsamConfig) -> Usam:
 
 
 def extension_keys(model: Usam) -> list[str]:
-    """State-dict keys our extensions add to the reference layout (class embeddings, LoRA)."""
-    return [k for k in model.state_dict() if k.startswith("sam.prompt_encoder.class_embeddings.")
-            or LORA_KEY_MARK in k]
+    """State-dict keys our extensions add to the reference layout (class embeddings, the class-aware mask
+    branch, LoRA): initialised, not errors, where a checkpoint lacks them."""
+    return [k for k in model.state_dict() if k.startswith(EXTENSION_PREFIXES) or LORA_KEY_MARK in k]
