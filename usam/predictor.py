@@ -26,6 +26,7 @@ from usam.prompts import Prompts, SlicePrompts, to_model_frame
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
 InferenceModel = Union[Usam, FastUsam]
+MaskLogits = Union[torch.Tensor, Sequence[Union[torch.Tensor, None]], None]
 NO_RULES = (False, False, False)
 
 
@@ -76,6 +77,7 @@ class SliceResult:
     encoder_ms: float     # 0 when the features came from the cache
     decoder_ms: float     # prompt encoder + mask decoder + resize to the slice
     cached: bool
+    logits: torch.Tensor | None = None  # float32 (K, 224, 224) model-frame logits: the next call's mask_logits
 
 
 class FeatureCache:
@@ -194,25 +196,47 @@ class VolumePredictor:
                 parts.append(f)
             return (parts[0] if len(parts) == 1 else ImageFeatures.cat(parts)), missing
 
-    def _decode(self, feats: ImageFeatures, prompts: list[Prompts | None]) -> tuple[np.ndarray, np.ndarray]:
-        return logits_to_labels(predict_logits(self.model, feats, prompts, self._rules), self.slice_shape)
+    def _decode(self, feats: ImageFeatures, prompts: list[Prompts | None],
+                mask_logits: MaskLogits = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Model-frame logits, labels and probabilities at the slice's size."""
+        inputs = {} if mask_logits is None else {"mask_logits": mask_logits}  # None: exactly the maskless call
+        logits = predict_logits(self.model, feats, prompts, self._rules, **inputs)
+        return (logits, *logits_to_labels(logits, self.slice_shape))
 
     def model_prompts(self, prompts: SlicePrompts | Prompts | None) -> Prompts | None:
         """Prompts of one slice in the model frame: SlicePrompts converted (usam.prompts), Prompts validated."""
         return to_model_frame(prompts, self.slice_shape)
 
-    def predict(self, z: int, prompts: SlicePrompts | Prompts | None = None) -> SliceResult:
-        """Label map and class probabilities of slice z for these prompts (slice pixels, or model-frame Prompts)."""
-        z = self._check_z(z)
-        prompts = self.model_prompts(prompts)
+    def predict(self, z: int, prompts: SlicePrompts | Prompts | None = None,
+                mask_logits: torch.Tensor | None = None) -> SliceResult:
+        """Label map and class probabilities of slice z for these prompts (slice pixels, or model-frame Prompts).
+
+        mask_logits: the slice's previous model-frame logits (K, 224, 224) (a SliceResult's
+        `logits`), fed to the decoder as the dense mask prompt; None: no previous mask."""
+        return self.predict_batch([z], [prompts], [mask_logits])[0]
+
+    def predict_batch(self, zs: Sequence[int], prompts: Sequence[SlicePrompts | Prompts | None] | None = None,
+                      mask_logits: Sequence[torch.Tensor | None] | None = None) -> list[SliceResult]:
+        """predict() of several slices in one encoder batch (missing features) and one decode call.
+
+        encoder_ms and decoder_ms are the batch's, on every result."""
+        zs = [self._check_z(z) for z in zs]
+        plist = [None] * len(zs) if prompts is None else [self.model_prompts(p) for p in prompts]
+        masks = None if mask_logits is None or all(m is None for m in mask_logits) else list(mask_logits)
+        if len(plist) != len(zs) or (masks is not None and len(masks) != len(zs)):
+            raise PromptError(f"{len(zs)} slices but {len(plist)} prompt sets / "
+                              f"{len(zs) if masks is None else len(masks)} previous masks")
         with self._lock:
             t0 = time.perf_counter()
-            feats, missing = self.features([z])
+            feats, missing = self.features(zs)
             t1 = time.perf_counter()
-            labels, probs = self._decode(feats, [prompts])
+            logits, labels, probs = self._decode(feats, plist, masks)
             t2 = time.perf_counter()
-        return SliceResult(labels[0], probs[0], (t1 - t0) * 1000.0 if missing else 0.0,
-                           (t2 - t1) * 1000.0, cached=not missing)
+        enc = (t1 - t0) * 1000.0 if missing else 0.0
+        # own storage per slice: a kept result must not hold its whole batch alive
+        own = (lambda i: logits[0]) if len(zs) == 1 else (lambda i: logits[i].clone())
+        return [SliceResult(labels[i], probs[i], enc, (t2 - t1) * 1000.0, cached=z not in missing, logits=own(i))
+                for i, z in enumerate(zs)]
 
     def predict_volume(self, z_range: tuple[int, int] | range | None = None,
                        prompt_fn: Callable[[int], SlicePrompts | Prompts | None] | None = None, batch_size: int = 8,
@@ -233,7 +257,7 @@ class VolumePredictor:
             prompts = [self.model_prompts(prompt_fn(z)) if prompt_fn else None for z in batch]
             with self._lock:
                 feats, _ = self.features(batch)
-                labels, _ = self._decode(feats, prompts)
+                _, labels, _ = self._decode(feats, prompts)
             out[batch] = labels
             if progress is not None:
                 progress(min(start + batch_size, len(zs)), len(zs))

@@ -231,3 +231,30 @@ def test_checkpoints_without_the_new_keys_load(demo, tmp_path):
     loaded, _ = load_checkpoint(path)
     with torch.no_grad():
         assert torch.equal(loaded(x, [P1]), want_none) and torch.equal(loaded(x, [P1], m), want_mask)
+
+
+def test_the_predictor_returns_logits_and_feeds_them_back(demo):
+    import numpy as np
+
+    from usam.predictor import VolumePredictor
+    from usam.prompts import SlicePrompts
+
+    class Vol:
+        array = np.random.default_rng(0).normal(0, 100, size=(3, 90, 70)).astype(np.float32)
+
+    fast = FastUsam(demo)
+    pred = VolumePredictor(fast, Vol(), {}, prompt_rules="none")
+    click = SlicePrompts(points=[[30, 40]], point_labels=[1], point_classes=[1])
+    first = pred.predict(1, click)
+    assert first.logits.shape == (3, 224, 224) and first.logits.dtype == torch.float32
+    again = pred.predict(1, click, mask_logits=None)
+    assert np.array_equal(first.probs, again.probs)
+    fed = pred.predict(1, click, mask_logits=first.logits)
+    assert np.abs(fed.probs - first.probs).max() > 1e-4 and pred.encoder_calls == 1
+    batch = pred.predict_batch([0, 1, 2], [None, click, click], [None, first.logits, None])
+    assert [r.cached for r in batch] == [False, True, False] and pred.encoder_calls == 3
+    np.testing.assert_allclose(batch[1].probs, fed.probs, atol=1e-5)
+    np.testing.assert_allclose(batch[2].probs, pred.predict(2, click).probs, atol=1e-5)
+    assert batch[0].logits.untyped_storage().data_ptr() != batch[1].logits.untyped_storage().data_ptr()
+    with pytest.raises(PromptError):
+        pred.predict_batch([0, 1], [None])
