@@ -61,13 +61,20 @@ def test_points_from_mask_on_a_larger_slice_are_in_the_model_frame():
     assert p.points.max() < 224
 
 
-@pytest.mark.parametrize("shape", [(224, 224), (512, 512), (96, 80), (100, 333)])
-def test_slice_points_from_mask_are_points_from_mask_in_slice_pixels(shape):
-    """Integer slice pixels on their class (the evenly spaced raster slots); converted they are points_from_mask's."""
+def _two_classes(shape: tuple[int, int]) -> np.ndarray:
+    """A wall block with a tumor inside it, placed relative to the slice's size."""
     h, w = shape
     lab = np.zeros(shape, np.uint8)
     lab[h // 4:h // 2, w // 3:w // 2] = 1
     lab[h // 3:h // 2 - 2, w // 3 + 2:w // 2 - 1] = 2
+    return lab
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (512, 512), (96, 80), (100, 333)])
+def test_slice_points_from_mask_are_points_from_mask_in_slice_pixels(shape):
+    """Integer slice pixels on their class (the evenly spaced raster slots); converted they are points_from_mask's."""
+    h, w = shape
+    lab = _two_classes(shape)
     lab[h - 3:, w - 2:] = 2  # a class pixel on the last row and column
     sp = slice_points_from_mask(lab, k=3)
     assert isinstance(sp, SlicePrompts) and list(sp.point_classes) == [1, 1, 1, 2, 2, 2]
@@ -105,9 +112,7 @@ def test_box_from_mask_union_and_per_class():
 def test_slice_box_from_mask_is_box_from_mask_in_slice_pixels(shape):
     """Converted by the one conversion it is box_from_mask's model-frame box (margin counted in 224 pixels)."""
     h, w = shape
-    lab = np.zeros(shape, np.uint8)
-    lab[h // 4:h // 2, w // 3:w // 2] = 1
-    lab[h // 3:h // 2 - 2, w // 3 + 2:w // 2 - 1] = 2
+    lab = _two_classes(shape)
     for margin, per_class in ((2, False), (0, True), (5.5, True)):
         sb = slice_box_from_mask(lab, margin=margin, per_class=per_class)
         assert isinstance(sb, SlicePrompts)
