@@ -1,0 +1,206 @@
+"""The interactive protocol (usam/evaluation/): AUC and NoC, where clicks land, the mask prompt, the CLI's files."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+
+from usam import data as D
+from usam.evaluation.interactive import (evaluate_interactive, number_of_clicks, parse_starts, start_prompts,
+                                         trapezoid_auc)
+from usam.errors import UsamError
+from usam.model import ImageFeatures
+
+ROW_KEYS = ("dice_mean_by_click", "nsd_mean_by_click", "dice_by_click_per_class", "dsc_auc", "nsd_auc", "final_dice",
+            "final_nsd", "noc85", "noc90", "seconds_per_click")
+TINY = dict(vit_depth=1, vit_global_attn_indexes=[0], vit_embed_dim=64, vit_heads=2, prompt_dim=32, decoder_heads=2,
+            decoder_mlp_dim=64, num_mask_tokens=8, adapter_channels=[8, 8, 16, 16], up_channels=[16, 8, 8, 8])
+
+
+def test_auc_is_the_trapezoid_and_at_most_four_over_five_steps():
+    assert trapezoid_auc([1.0] * 5) == pytest.approx(4.0)
+    assert trapezoid_auc([0.5, 0.6, 0.7, 0.8, 0.9]) == pytest.approx(0.55 + 0.65 + 0.75 + 0.85)
+    assert trapezoid_auc([0.2, 0.8]) == pytest.approx(0.5)
+    assert math.isnan(trapezoid_auc([0.5, float("nan"), 0.7]))
+
+
+def test_noc_on_a_constructed_sequence():
+    seq = [0.40, 0.70, 0.86, 0.89, 0.91, 0.95]
+    assert number_of_clicks(seq, 0.85) == 2
+    assert number_of_clicks(seq, 0.90) == 4
+    assert number_of_clicks([0.5] * 21, 0.90) == 20            # never reached: the limit, as RITM
+    assert number_of_clicks([0.5] * 21 + [0.99], 0.90) == 20   # reached only after the limit: not counted
+    assert number_of_clicks([0.93, 0.5], 0.90) == 0            # the start already reaches it
+    assert number_of_clicks([float("nan"), 0.9], 0.90) == 1
+
+
+def test_starts_and_their_prompts():
+    assert parse_starts("all") == ["box", "none"] and parse_starts("none") == ["none"]
+    with pytest.raises(UsamError):
+        parse_starts("boxes")
+    lab = np.zeros((96, 96), np.uint8)
+    lab[20:40, 30:50] = 1
+    box = start_prompts(lab, "box")
+    assert len(box.boxes) == 1 and box.box_classes.tolist() == [0]
+    assert box.to_model(lab.shape).boxes[0] == pytest.approx(D.eval_prompts(lab, "box").boxes[0], abs=1e-3)
+    assert start_prompts(lab, "none").is_empty and start_prompts(np.zeros_like(lab), "box").is_empty
+
+
+class PaintModel(torch.nn.Module):
+    """A stand-in for U-SAM: a box paints normal wall inside it; each point paints a disk (radius 16 at 224) of its
+    class (positive) or of background (negative) on top of the previous logits when they come back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.masks_seen: list[bool] = []
+        yy, xx = torch.meshgrid(torch.arange(224.0), torch.arange(224.0), indexing="ij")
+        self.grid = (xx, yy)
+
+    def encode(self, images: torch.Tensor) -> ImageFeatures:
+        return ImageFeatures((None,) * 4, images[:, :1, ::16, ::16].clone())
+
+    def decode(self, features, prompts, mask_logits=None) -> torch.Tensor:
+        self.masks_seen.append(mask_logits is not None)
+        out = torch.zeros(len(features), 3, 224, 224)
+        out[:, 0] = 1.0
+        if mask_logits is not None:
+            out = mask_logits.clone()
+        xx, yy = self.grid
+        for i, p in enumerate(prompts):
+            for x0, y0, x1, y1 in p.boxes:
+                inside = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+                out[i, 1][inside] = 2.0
+            for (x, y), label, cls in zip(p.points, p.point_labels, p.point_classes):
+                disk = (xx - float(x)) ** 2 + (yy - float(y)) ** 2 <= 256.0
+                out[i][:, disk] = -5.0
+                out[i, int(cls) if label == 1 else 0][disk] = 5.0
+        return out
+
+
+def _case() -> D.CaseData:
+    """96 x 96 slices, 5 annotated (the manifest's range 0..4): a normal wall disk and a tumour beside it on
+    slices 1-3, slice 0 and 4 without foreground."""
+    labels = np.zeros((5, 96, 96), np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    for z in (1, 2, 3):
+        labels[z][(yy - 40) ** 2 + (xx - 40 - z) ** 2 <= 15 ** 2] = 1
+        labels[z][(yy - 62) ** 2 + (xx - 62) ** 2 <= 7 ** 2] = 2
+    image = np.zeros(labels.shape, np.float32)
+    return D.CaseData("P", "test", image, labels, (2.0, 1.0, 1.0), {"rectum_start": 0, "rectum_end": 4})
+
+
+def test_clicks_land_on_errors_and_the_scores_follow():
+    model, steps = PaintModel(), []
+    res = evaluate_interactive([_case()], model, D.DEFAULT_WINDOW, noc_clicks=8, trace=steps.append)
+    assert set(res["rows"]) == {"box", "none"}
+    for step in steps:
+        before, gt = step["before"], step["gt"]
+        for z, click in enumerate(step["clicks"]):
+            errors = (before[z] != gt[z]) & ((gt[z] > 0) | (before[z] > 0))
+            if click is None:
+                assert not errors.any()
+                continue
+            here_gt, here_pred = gt[z][click.y, click.x], before[z][click.y, click.x]
+            if click.positive:
+                assert here_gt == click.cls and here_pred != click.cls
+            else:
+                assert here_gt == 0 and here_pred == click.cls
+    # the click's pixel takes its class at the next step (the point reaches the model in the right place)
+    for prev, nxt in zip(steps, steps[1:]):
+        if (prev["case_id"], prev["start"]) == (nxt["case_id"], nxt["start"]):
+            for z, click in enumerate(prev["clicks"]):
+                if click is not None:
+                    assert nxt["before"][z][click.y, click.x] == (click.cls if click.positive else 0)
+    for name, row in res["rows"].items():
+        assert all(k in row for k in ROW_KEYS)
+        assert len(row["dice_mean_by_click"]) == 6 and len(row["dice_by_click_per_class"][2]) == 6
+        assert row["dsc_auc"] == pytest.approx(np.trapezoid(row["dice_mean_by_click"][1:]))
+        assert row["nsd_auc"] == pytest.approx(np.trapezoid(row["nsd_mean_by_click"][1:]))
+        assert row["final_dice"] == row["dice_mean_by_click"][-1]
+        assert row["dice_mean_by_click"][5] > row["dice_mean_by_click"][0] + 0.05, (name, row["dice_mean_by_click"])
+        pc = res["per_case"][name][0]
+        # Dice from the NoC loop's counts equals case_metrics' on every scored step
+        assert pc["dice_mean_noc"][:6] == pytest.approx(pc["dice_mean_by_click"])
+        assert pc["noc90"] == number_of_clicks(pc["dice_mean_noc"], 0.90, 8)
+        assert pc["noc85"] == number_of_clicks(pc["dice_mean_noc"], 0.85, 8)
+        assert row["noc90"] == pc["noc90"]  # one case
+    assert res["rows"]["box"]["dice_mean_by_click"][0] > res["rows"]["none"]["dice_mean_by_click"][0]
+    # the mask prompt comes back from step 1 on
+    assert model.masks_seen[0] is False and any(model.masks_seen)
+
+
+def test_without_the_mask_prompt_no_logits_come_back():
+    model = PaintModel()
+    evaluate_interactive([_case()], model, D.DEFAULT_WINDOW, starts=["box"], noc_clicks=5, feed_mask=False)
+    assert len(model.masks_seen) > 1 and not any(model.masks_seen)
+
+
+def test_noc_is_the_limit_when_never_reached():
+    class Stubborn(PaintModel):
+        def decode(self, features, prompts, mask_logits=None):  # ignores every prompt: draws nothing
+            out = torch.zeros(len(features), 3, 224, 224)
+            out[:, 0] = 1.0
+            return out
+
+    res = evaluate_interactive([_case()], Stubborn(), D.DEFAULT_WINDOW, starts=["none"], noc_clicks=20)
+    row, pc = res["rows"]["none"], res["per_case"]["none"][0]
+    assert row["noc85"] == row["noc90"] == 20
+    assert len(pc["dice_mean_noc"]) == 21 and pc["clicks"] == 20 * 3  # 20 steps, 3 slices with an error
+    assert row["dice_mean_by_click"] == [0.0] * 6 and row["dsc_auc"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from usam.checkpoints import save_checkpoint
+    from usam.model import build_usam, get_config
+    from usam.phantom import generate_cohort
+
+    out = tmp_path_factory.mktemp("interactive")
+    generate_cohort(out / "cohort", cases=2, seed=5, size="small")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_usam(get_config("demo", **TINY)).eval(), out / "tiny.safetensors",
+                           {"weights_kind": "random-tiny"})
+    return out / "cohort", ckpt
+
+
+def test_cli_writes_markdown_csv_json_and_the_plot(tiny_checkpoint, tmp_path, capsys):
+    from usam.__main__ import main
+
+    cohort, ckpt = tiny_checkpoint
+    argv = ["evaluate", "--data", str(cohort), "--split", "all", "--limit", "1", "--checkpoint", str(ckpt),
+            "--protocol", "interactive", "--noc-clicks", "5", "--batch-size", "32", "--no-progress",
+            "--out", str(tmp_path), "--name", "ia", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    res = result["protocols"]["interactive"]
+    assert set(res["rows"]) == {"box", "none"} and res["mask_prompt"] is True and res["clicks"] == 5
+    for row in res["rows"].values():
+        assert all(k in row for k in ROW_KEYS) and len(row["dice_mean_by_click"]) == 6
+        assert row["dsc_auc"] == pytest.approx(np.trapezoid(row["dice_mean_by_click"][1:]))
+        assert 0 <= row["noc90"] <= 5 and row["seconds_per_click"] > 0
+    md = (tmp_path / "ia.md").read_text()
+    assert "DSC AUC" in md and "NoC@90" in md and "ia_dice_by_click.svg" in md
+    with open(tmp_path / "ia.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["start"] for r in rows] == ["box", "none"] and "dice_5" in rows[0]
+    with open(tmp_path / "ia_curve.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * 6 * 3
+    svg = ET.parse(tmp_path / "ia_dice_by_click.svg").getroot()
+    assert svg.tag.endswith("svg") and len(svg.findall("{http://www.w3.org/2000/svg}polyline")) == 2
+    assert json.loads((tmp_path / "ia.json").read_text())["protocols"]["interactive"]["rows"]["box"]["noc90"] == \
+        res["rows"]["box"]["noc90"]
+
+
+def test_cli_refuses_a_bad_start_before_loading(tmp_path, capsys):
+    from usam.__main__ import main
+
+    argv = ["evaluate", "--data", str(tmp_path), "--protocol", "interactive", "--start", "boxes",
+            "--checkpoint", str(tmp_path / "missing.safetensors")]
+    assert main(argv) == 2
+    assert "unknown start" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Evaluation protocols beyond usam/evaluate.py's paper tables (the interactive protocol)."""
