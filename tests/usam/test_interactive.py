@@ -1,0 +1,280 @@
+"""InteractiveSession: a volume's interactive work in the library (the shipped demo model on a small phantom, CPU)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from usam.checkpoints import demo_checkpoint_path, load_checkpoint
+from usam.errors import PromptError
+from usam.interactive import InteractiveSession, PromptItem
+from usam.interactive.state import slice_prompts, with_box
+from usam.model.fast import optimize_for_inference
+from usam.phantom import generate_case
+from usam.predictor import NO_RULES
+from usam.prompts import slice_box_from_mask
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    model, meta = load_checkpoint(demo_checkpoint_path())
+    return optimize_for_inference(model), meta
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate_case(3, "small")  # 37 slices of 128 x 128, rectum on 4..30, tumour on 17..26
+
+
+@pytest.fixture
+def session(loaded, case):
+    fast, meta = loaded
+    return InteractiveSession(fast, case.volume, meta)
+
+
+def _centre(mask2d):
+    """A pixel of the mask (x = column, y = row): the middle one in raster order."""
+    ys, xs = np.nonzero(mask2d)
+    return float(xs[len(xs) // 2]), float(ys[len(ys) // 2])
+
+
+def _snapshot(s, z):
+    lg = s.logits(z)
+    return s.labels(z), None if lg is None else lg.clone(), s.prompts(z), s.locked(z)
+
+
+def _same(a, b):
+    assert np.array_equal(a[0], b[0])
+    assert (a[1] is None and b[1] is None) or torch.equal(a[1], b[1])
+    assert a[2] == b[2] and a[3] == b[3]
+
+
+def test_a_click_never_reruns_the_encoder(session, loaded, case, monkeypatch):
+    fast, _ = loaded
+    calls = []
+    encode = fast.model.encode
+    monkeypatch.setattr(fast.model, "encode", lambda *a, **k: calls.append(len(a[0])) or encode(*a, **k))
+    z = 20
+    x, y = _centre(case.labels[z] == 2)
+    first = session.add_point(z, x, y, 2)
+    assert calls == [1] and not first.cached and session.encoder_calls == 1
+    for step in (lambda: session.add_point(z, x + 3, y, 1), lambda: session.add_point(z, 5, 5, 1, positive=False),
+                 lambda: session.add_box(z, x - 20, y - 20, x + 20, y + 20), lambda: session.undo(z),
+                 lambda: session.redo(z), lambda: session.segment(z), lambda: session.clear(z)):
+        r = step()
+        assert r.cached and r.encoder_ms == 0.0
+    assert calls == [1] and session.encoder_calls == 1
+    assert first.labels.shape == (128, 128) and first.labels.dtype == np.uint8
+    np.testing.assert_allclose(first.probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_the_previous_logits_reach_the_next_decode(session, loaded, case, monkeypatch):
+    fast, _ = loaded
+    seen = []
+    decode = fast.decode
+    monkeypatch.setattr(fast, "decode", lambda f, p, **kw: seen.append(kw.get("mask_logits")) or decode(f, p, **kw))
+    z = 22
+    x, y = _centre(case.labels[z] == 2)
+    first = session.add_point(z, x, y, 2)
+    second = session.add_point(z, x + 4, y + 2, 2)
+    assert seen[0] is None  # a slice's first call has no previous mask
+    assert len(seen[1]) == 1 and torch.equal(seen[1][0], first.logits)
+    assert first.logits.dtype == torch.float16 and first.logits.shape == (3, 224, 224)
+    assert torch.equal(session.logits(z), second.logits)
+    # the same two points without the previous mask give another output: the mask is an input
+    without = session.predictor.predict(z, slice_prompts(session.prompts(z)))
+    assert np.abs(without.probs - second.probs).max() > 1e-4
+    session.segment(z)  # a fresh start: no prompt, no previous mask
+    assert seen[-1] is None and session.prompts(z) == () and not session.locked(z)
+
+
+def test_undo_redo_clear_restore_the_state_exactly(session, loaded, case):
+    fast, meta = loaded
+    z = 24
+    x, y = _centre(case.labels[z] > 0)
+    start = _snapshot(session, z)
+    session.add_point(z, x, y, 1)
+    a = _snapshot(session, z)
+    session.add_point(z, x + 5, y + 5, 2)
+    b = _snapshot(session, z)
+    session.add_box(z, x - 25, y - 25, x + 25, y + 25, cls=0)
+    c = _snapshot(session, z)
+    assert not np.array_equal(a[0], c[0]) or not torch.equal(a[1], c[1])
+    _same(_snapshot_after(session.undo, z, session), b)
+    _same(_snapshot_after(session.undo, z, session), a)
+    _same(_snapshot_after(session.redo, z, session), b)
+    cleared = session.clear(z)
+    assert not cleared.labels.any() and cleared.logits is None and not cleared.locked and cleared.prompts == ()
+    _same(_snapshot_after(session.undo, z, session), b)
+    _same(_snapshot_after(session.undo, z, session), a)
+    _same(_snapshot_after(session.undo, z, session), start)
+    assert not session.undo(z).changed and not session.can_undo(z)
+    _same(_snapshot_after(session.redo, z, session), a)
+    # after an undo a new click starts from the restored state: as if the undone click never was
+    session.add_point(z, x + 5, y + 5, 2)
+    session.undo(z)
+    third = session.add_point(z, x - 4, y, 1)
+    assert not session.can_redo(z)
+    other = InteractiveSession(fast, case.volume, meta)
+    other.add_point(z, x, y, 1)
+    direct = other.add_point(z, x - 4, y, 1)
+    assert np.array_equal(third.labels, direct.labels) and torch.equal(third.logits, direct.logits)
+
+
+def _snapshot_after(step, z, s):
+    assert step(z).changed
+    return _snapshot(s, z)
+
+
+def test_replaying_the_log_gives_the_same_masks_bit_for_bit(session, loaded, case):
+    fast, meta = loaded
+    gt = case.labels
+    s = session
+    s.segment_volume(10, 28)
+    z = 21
+    s.add_point(z, *_centre(gt[z] == 2), 2)
+    s.add_point(z, *_centre(gt[z] == 1), 1)
+    s.add_point(z, 3, 3, 1, positive=False)
+    s.add_box(19, 30, 30, 100, 100, cls=2)
+    s.undo(z)
+    s.redo(z)
+    s.lock(12)
+    s.clear(13)
+    s.segment(14)
+    s.propagate(z, end=29)
+    s.add_point(25, *_centre(gt[25] > 0), 1)
+    log = json.loads(json.dumps(s.to_log()))  # through JSON, as a file
+    again = InteractiveSession.replay(fast, case.volume, log, meta)
+    assert np.array_equal(again.label_map(), s.label_map())
+    for zz in range(s.num_slices):
+        _same(_snapshot(again, zz), _snapshot(s, zz))
+        assert again.can_undo(zz) == s.can_undo(zz) and again.can_redo(zz) == s.can_redo(zz)
+    assert again.actions == s.actions and again.locked_slices() == s.locked_slices()
+    bare = InteractiveSession.replay(fast, case.volume, log["actions"], meta)  # a bare list of actions
+    assert np.array_equal(bare.label_map(), s.label_map())
+    with pytest.raises(PromptError, match="over the limit"):
+        InteractiveSession.replay(fast, case.volume, log, meta, max_actions=5)
+    with pytest.raises(PromptError, match="action 2 of the log is malformed"):
+        InteractiveSession.replay(fast, case.volume, [log["actions"][0], {"op": "explode"}], meta)
+
+
+def test_locked_slices_are_kept_by_volume_runs_and_stop_propagation(session, case):
+    gt = case.labels
+    z = 20
+    clicked = session.add_point(z, *_centre(gt[z] == 1), 1)
+    session.lock(27)
+    assert session.locked_slices() == [20, 27]
+    kept20, kept27 = _snapshot(session, 20), _snapshot(session, 27)
+    done = []
+    r = session.segment_volume(progress=lambda d, t: done.append((d, t)))
+    assert r["segmented"] == 35 and r["kept_locked"] == 2 and done[-1] == (35, 35)
+    _same(_snapshot(session, 20), kept20)
+    _same(_snapshot(session, 27), kept27)
+    assert np.array_equal(session.labels(20), clicked.labels)
+    assert session.label_map()[18:26].any()
+    # propagation from 23 upwards stops at 27 (locked, kept) and downwards at 20
+    out = session.propagate(23)
+    assert out["propagated"][:3] == [24, 25, 26] and {"z": 27, "why": "locked"} in out["stopped_at"]
+    assert {"z": 20, "why": "locked"} in out["stopped_at"] and 20 not in out["propagated"]
+    _same(_snapshot(session, 20), kept20)
+    _same(_snapshot(session, 27), kept27)
+
+
+def test_propagation_prompts_each_slice_with_the_previous_mask_box_and_logits(session, loaded, case, monkeypatch):
+    fast, _ = loaded
+    z = 21
+    session.add_box(z, 20, 20, 110, 110)
+    assert session.labels(z).any()
+    seen = []
+    decode = fast.decode
+    monkeypatch.setattr(fast, "decode", lambda f, p, **kw: seen.append(kw.get("mask_logits")) or decode(f, p, **kw))
+    prev_labels, prev_logits = session.labels(z), session.logits(z)
+    out = session.propagate(z, end=23)
+    assert out["propagated"][0] == 22 and not session.locked(22)
+    (box,) = session.prompts(22)
+    want = slice_box_from_mask(prev_labels, margin=2.0)
+    assert box.kind == "box" and box.cls == 0 and np.allclose(box.box, want.boxes[0])
+    assert torch.equal(seen[0][0], prev_logits)  # the neighbour's logits as the mask prompt
+    with pytest.raises(PromptError, match="no mask"):
+        session.propagate(0)
+    session.propagate(z, end=22, feed_mask=False)
+    assert seen[-1] is None
+
+
+def test_bad_prompts_raise_prompt_errors_and_change_nothing(session, case):
+    z = 20
+    session.add_point(z, *_centre(case.labels[z] > 0), 1)
+    before, actions, calls = _snapshot(session, z), list(session.actions), session.encoder_calls
+    h, w = session.slice_shape
+    bad = [lambda: session.add_point(z, w, 10, 1), lambda: session.add_point(z, 10, -0.6, 1),
+           lambda: session.add_point(z, float("nan"), 10, 1), lambda: session.add_point(z, "7", 10, 1),
+           lambda: session.add_point(z, 10, 10, 3), lambda: session.add_point(z, 10, 10, 0),
+           lambda: session.add_point(37, 10, 10, 1), lambda: session.add_point(-1, 10, 10, 1),
+           lambda: session.add_point(2.5, 10, 10, 1), lambda: session.add_point(z, 10, 10, 1, positive="yes"),
+           lambda: session.add_box(z, w + 1, 0, w + 20, 20), lambda: session.add_box(z, 10, 10, 10.5, 40),
+           lambda: session.add_box(z, 0, 0, 20, 20, cls=5), lambda: session.undo(99), lambda: session.clear(None),
+           lambda: session.propagate(z, margin=-1), lambda: session.segment_volume("a", 3)]
+    for call in bad:
+        with pytest.raises(PromptError):
+            call()
+        _same(_snapshot(session, z), before)
+        assert session.actions == actions and session.encoder_calls == calls
+    # a box dragged past the edge is clipped, as the library's SlicePrompts
+    assert session.add_box(z, -10, -10, w + 30, h + 30).labels.shape == (h, w)
+
+
+def test_limits_prompts_per_slice_and_undo_depth_and_memory(loaded, case):
+    fast, meta = loaded
+    s = InteractiveSession(fast, case.volume, meta, max_points_per_slice=3, max_history=2)
+    z = 20
+    s.add_point(z, 40, 40, 1)
+    s.add_point(z, 50, 50, 2)
+    s.add_box(z, 30, 30, 90, 90)  # a box counts as a prompt too
+    s.add_box(z, 20, 20, 90, 90)  # and replaces the slice's earlier union box
+    before = _snapshot(s, z)
+    with pytest.raises(PromptError, match="at most 3"):
+        s.add_point(z, 60, 60, 1)
+    _same(_snapshot(s, z), before)
+    assert s.undo(z).changed and s.undo(z).changed and not s.undo(z).changed  # two undo states kept
+    tight = InteractiveSession(fast, case.volume, meta, max_history_mb=0.5)  # ~1.5 states of fp16 logits
+    for i in range(4):
+        tight.add_point(z, 40 + i, 40, 1)
+    assert tight.history_bytes() <= 0.5 * 2**20 and tight.can_undo(z)
+    assert len(tight.prompts(z)) == 4  # the current state is always kept
+    assert tight.held_bytes() >= tight.label_map().nbytes + 3 * 224 * 224 * 2
+
+
+def test_rules_are_off_unless_named(loaded, case):
+    fast, meta = loaded
+    assert InteractiveSession(fast, case.volume, meta).predictor._rules == NO_RULES
+    s = InteractiveSession(fast, case.volume, meta, rules="box")
+    assert s.predictor._rules == (True, False, False) and s.settings["rules"] == "box"
+    r = s.add_box(20, 40, 40, 70, 70)
+    ys, xs = np.nonzero(r.labels)
+    assert xs.size == 0 or (xs.min() >= 35 and xs.max() <= 75 and ys.min() >= 35 and ys.max() <= 75)
+    with pytest.raises(PromptError):
+        InteractiveSession(fast, case.volume, meta, rules="magic")
+    with pytest.raises(PromptError):
+        InteractiveSession(fast, case.volume, meta, logits_dtype="int8")
+
+
+def test_boxes_replace_by_class():
+    union = PromptItem("box", cls=0, box=(0, 0, 5, 5))
+    b1 = PromptItem("box", cls=1, box=(1, 1, 5, 5))
+    b2 = PromptItem("box", cls=2, box=(2, 2, 5, 5))
+    p = PromptItem("point", 3, 3, 1, 2)
+    assert with_box((p, union), b1) == (p, b1)
+    assert with_box((p, b1), b2) == (p, b1, b2)
+    new1 = PromptItem("box", cls=1, box=(0, 0, 9, 9))
+    assert with_box((p, b1, b2), new1) == (p, b2, new1)
+    assert with_box((p, b1, b2), union) == (p, union)
+
+
+def test_a_bare_array_volume_and_results_without_logits(loaded):
+    fast, meta = loaded
+    arr = np.random.default_rng(0).normal(0, 80, size=(3, 40, 50)).astype(np.float32)
+    s = InteractiveSession(fast, arr, meta)
+    r = s.result(1)
+    assert r.logits is None and r.probs[0].min() == 1.0 and s.labels(1).shape == (40, 50)
+    with pytest.raises(PromptError):
+        InteractiveSession(fast, arr[0], meta)
