@@ -8,10 +8,10 @@ import pytest
 from scipy import ndimage
 
 from usam.errors import VolumeError
-from usam.phantom_new import DEMO_SEED, demo_case, generate_case, ground_truth
-from usam.phantom_new.cohort import case_seed, generate_cohort, load_anatomy, load_case, load_cohort, load_manifest
-from usam.phantom_new.labels import L, NAMES, OPTIONAL, SEX_ORGANS, TISSUE_HU, TISSUE_OF
-from usam.phantom_new.params import (DISTRACTOR_FRACTION, TUMOR_CONTRAST, TUMOR_FREE_FRACTION, draw_params)
+from usam.phantom import DEMO_SEED, demo_case, generate_case, ground_truth
+from usam.phantom.cohort import case_seed, generate_cohort, load_anatomy, load_case, load_cohort, load_manifest
+from usam.phantom.labels import L, NAMES, OPTIONAL, SEX_ORGANS, TISSUE_HU, TISSUE_OF
+from usam.phantom.params import (DISTRACTOR_FRACTION, TUMOR_CONTRAST, TUMOR_FREE_FRACTION, draw_params)
 
 
 @pytest.fixture(scope="module")
@@ -217,14 +217,19 @@ def test_unreadable_manifest_is_a_volume_error(tmp_path):
 def test_cli_flags_of_python_m_usam_phantom(tmp_path, capsys):
     import argparse
 
-    from usam.phantom_new import add_arguments, run
+    from usam.__main__ import main
+    from usam.phantom import add_arguments
 
+    out = tmp_path / "c"
+    assert main(["phantom", "--cases", "3", "--seed", "4", "--out", str(out), "--size", "small",
+                 "--npz-layout"]) == 0
+    assert "wrote 3 cases" in capsys.readouterr().out
+    rows = load_cohort(out)
+    assert [r["seed"] for r in rows] == [case_seed(4, i) for i in range(3)]
+    assert (out / rows[1]["anatomy"]).is_file()
+    assert load_manifest(out)["generator"] == "usam.phantom (anatomy v2)"
+    assert sorted(p.name for p in (out / "DataV6").iterdir()) == sorted({r["split"] for r in rows})
     ap = argparse.ArgumentParser()
     add_arguments(ap)
-    args = ap.parse_args(["--cases", "2", "--seed", "4", "--out", str(tmp_path / "c"), "--size", "small"])
-    assert run(args) == 0 and "wrote 2 cases" in capsys.readouterr().out
-    rows = load_cohort(tmp_path / "c")
-    assert [r["seed"] for r in rows] == [case_seed(4, 0), case_seed(4, 1)]
-    assert (tmp_path / "c" / rows[1]["anatomy"]).is_file()
     with pytest.raises(SystemExit):
         ap.parse_args(["--out", str(tmp_path), "--size", "huge"])

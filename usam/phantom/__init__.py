@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from usam.errors import VolumeError
-from usam.phantom_new import anatomy, outlines, scanner
-from usam.phantom_new.cohort import (add_arguments, generate_cohort, load_anatomy, load_case, load_cohort,
+from usam.phantom import anatomy, outlines, scanner
+from usam.phantom.cohort import (add_arguments, generate_cohort, load_anatomy, load_case, load_cohort,
                                      load_manifest, run)
-from usam.phantom_new.labels import L, NAMES, manifest_names
-from usam.phantom_new.params import SIZES, CaseParams, draw_params
-from usam.phantom_new.shapes import Canvas
+from usam.phantom.labels import L, NAMES, manifest_names
+from usam.phantom.params import SIZES, CaseParams, draw_params
+from usam.phantom.shapes import Canvas
 from usam.volumes import Volume, canonical_affine
 
 DEMO_SEED = 20230817
@@ -77,7 +77,7 @@ def generate_case(seed: int, size: str = "small", has_tumor: bool | None = None)
     vol = Volume(array=img, spacing=spacing, affine=affine,
                  source={"format": "phantom", "name": cid, "shape_on_disk": [n, n, len(zs)],
                          "ornt_to_disk": [[0, 1], [1, 1], [2, 1]], "affine_on_disk": affine.tolist()})
-    from usam.phantom_new.measure import case_info
+    from usam.phantom.measure import case_info
 
     info = case_info(labels, anat, spacing, cp, zs)
     return PhantomCase(case_id=cid, volume=vol, labels=labels, info=info, anatomy=anat, params=cp)

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from usam.phantom_new.content import RectumModel
-from usam.phantom_new.labels import L
-from usam.phantom_new.params import CaseParams
-from usam.phantom_new.outlines import (FAT_PLANE, body_slice, ell, frac, iliac_wings_slice, sacrum_front,
+from usam.phantom.content import RectumModel
+from usam.phantom.labels import L
+from usam.phantom.params import CaseParams
+from usam.phantom.outlines import (FAT_PLANE, body_slice, ell, frac, iliac_wings_slice, sacrum_front,
                                        sacrum_slice)
-from usam.phantom_new.shapes import Canvas, Ellipsoid, Tube, smoothstep
+from usam.phantom.shapes import Canvas, Ellipsoid, Tube, smoothstep
 
 
 @dataclass

@@ -79,8 +79,8 @@ def _csv_value(v):
 def generate_cohort(out_dir, cases: int, seed: int, size: str = "small", npz_layout: bool = False,
                     progress=None) -> Path:
     """Write a cohort (NIfTI image / labels / anatomy, manifest.json/.csv, optional DataV6); returns the manifest path."""
-    from usam.phantom_new import generate_case
-    from usam.phantom_new.labels import manifest_names
+    from usam.phantom import generate_case
+    from usam.phantom.labels import manifest_names
 
     if cases < 1:
         raise VolumeError("a cohort needs at least one case")
@@ -154,7 +154,7 @@ def load_anatomy(dir, row: dict, reference: Volume) -> np.ndarray:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `python -m usam phantom`."""
-    from usam.phantom_new.params import SIZES
+    from usam.phantom.params import SIZES
 
     parser.add_argument("--cases", type=int, default=10, help="number of cases")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (deterministic output)")

@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from usam.phantom_new.labels import L
-from usam.phantom_new.params import SEGMENTS, CaseParams
-from usam.phantom_new.shapes import smoothstep
+from usam.phantom.labels import L
+from usam.phantom.params import SEGMENTS, CaseParams
+from usam.phantom.shapes import smoothstep
 
 _CONTENT_LABEL = {"gas": "rectum_gas", "fluid": "rectum_fluid", "faeces": "rectum_faeces"}
 

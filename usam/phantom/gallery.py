@@ -79,7 +79,7 @@ def case_panel(case, outline: bool = True) -> Image.Image:
 
 def pick_seed(kind: str, start: int = 1) -> int:
     """First seed from `start` whose parameters give a case of that kind."""
-    from usam.phantom_new.params import draw_params
+    from usam.phantom.params import draw_params
 
     for s in range(start, start + 500):
         cp = draw_params(s, "full")
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", nargs="*", default=list(CASES))
     ap.add_argument("--start", type=int, default=1)
     args = ap.parse_args(argv)
-    from usam.phantom_new import generate_case
+    from usam.phantom import generate_case
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from usam.phantom_new.labels import L
-from usam.phantom_new.params import CaseParams
+from usam.phantom.labels import L
+from usam.phantom.params import CaseParams
 
 RECTUM = ("rectum_wall", "rectum_folds", "tumour", "rectum_gas", "rectum_fluid", "rectum_faeces")
 BOWEL = ("sigmoid_wall", "small_bowel_wall", "bowel_gas", "bowel_fluid", "bowel_faeces")

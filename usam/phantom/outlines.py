@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from usam.phantom_new.labels import L
-from usam.phantom_new.params import CaseParams
-from usam.phantom_new.shapes import Canvas, Tube, ellipse2d, smoothstep, span_mask
+from usam.phantom.labels import L
+from usam.phantom.params import CaseParams
+from usam.phantom.shapes import Canvas, Tube, ellipse2d, smoothstep, span_mask
 
 FLAT = 0.90        # fraction of the half depth where the back is flattened by the table
 FAT_PLANE = 1.6    # intermuscular fat around named muscles (mm)

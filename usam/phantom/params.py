@@ -240,7 +240,7 @@ def draw_params(seed: int, size: str = "full", has_tumor: bool | None = None) ->
                  kernel_mm=kernel, noise=u(7, 22) * (1.0 + 0.6 * (0.9 - kernel)), grain_mm=u(0.5, 1.2),
                  bias=u(0, 25), cupping=u(0, 30), prosthesis=prosth, streaks=u(150, 450),
                  hardening=u(15, 60), x_off=u(-10, 10), y_off=u(-10, 15))
-    from usam.phantom_new.labels import TISSUE_HU
+    from usam.phantom.labels import TISSUE_HU
 
     ph = 1 if phase == "portal-venous" else 0
     for tissue, ranges in TISSUE_HU.items():

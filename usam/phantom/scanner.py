@@ -13,8 +13,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from usam.phantom_new.labels import L, NAMES, TISSUE_OF
-from usam.phantom_new.params import CaseParams
+from usam.phantom.labels import L, NAMES, TISSUE_OF
+from usam.phantom.params import CaseParams
 
 
 def tissue_lut(cp: CaseParams) -> tuple[np.ndarray, np.ndarray]:
