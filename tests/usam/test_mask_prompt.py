@@ -258,3 +258,17 @@ def test_the_predictor_returns_logits_and_feeds_them_back(demo):
     assert batch[0].logits.untyped_storage().data_ptr() != batch[1].logits.untyped_storage().data_ptr()
     with pytest.raises(PromptError):
         pred.predict_batch([0, 1], [None])
+
+
+def test_the_branch_leaves_the_random_init_of_every_other_module_as_it_was():
+    from segment_anything.modeling import PromptEncoder
+
+    from usam.model.prompt_encoder import UsamPromptEncoder
+
+    args = dict(embed_dim=64, image_embedding_size=(14, 14), input_image_size=(224, 224), mask_in_chans=16)
+    torch.manual_seed(0)
+    PromptEncoder(**args), nn.Embedding(3, 64, padding_idx=0)  # what the encoder built before the branch
+    before = torch.get_rng_state()
+    torch.manual_seed(0)
+    UsamPromptEncoder(**args, num_classes=3)
+    assert torch.equal(torch.get_rng_state(), before)  # modules built next draw the same weights as before
