@@ -97,7 +97,8 @@ def _case() -> D.CaseData:
 
 def test_clicks_land_on_errors_and_the_scores_follow():
     model, steps = PaintModel(), []
-    res = evaluate_interactive([_case()], model, D.DEFAULT_WINDOW, noc_clicks=8, trace=steps.append)
+    res = evaluate_interactive([_case()], model, D.DEFAULT_WINDOW, noc_clicks=8, batch_size=2, trace=steps.append)
+    assert model.masks_seen[:3] == [False] * 3  # the start's three batches of slices: no previous mask
     assert set(res["rows"]) == {"box", "none"}
     for step in steps:
         before, gt = step["before"], step["gt"]
@@ -167,6 +168,24 @@ def tiny_checkpoint(tmp_path_factory):
     ckpt = save_checkpoint(build_usam(get_config("demo", **TINY)).eval(), out / "tiny.safetensors",
                            {"weights_kind": "random-tiny"})
     return out / "cohort", ckpt
+
+
+def test_the_start_is_the_case3d_prediction(tiny_checkpoint):
+    """Step 0 of each start gives what `usam evaluate`'s case3d rows none and box give (batches of 3 slices)."""
+    from usam.checkpoints import load_checkpoint
+    from usam.evaluate import evaluate_case3d, model_predictors
+
+    cohort, ckpt = tiny_checkpoint
+    model, _ = load_checkpoint(ckpt)
+    cases = list(D.iter_cases(cohort, "all", "manifest"))[:1]
+    predict_case, _ = model_predictors(model, D.DEFAULT_WINDOW, batch_size=3)
+    ref = evaluate_case3d(cases, predict_case, ["none", "box"])["per_case"]
+    res = evaluate_interactive(cases, model, D.DEFAULT_WINDOW, clicks=1, noc_clicks=1, batch_size=3)
+    for start in ("none", "box"):
+        step0 = res["per_case"][start][0]["per_step"][0]
+        for c in (1, 2):
+            for k in ("dice", "nsd"):
+                np.testing.assert_equal(step0["per_class"][c][k], ref[start][0]["per_class"][c][k], (start, c, k))
 
 
 def test_cli_writes_markdown_csv_json_and_the_plot(tiny_checkpoint, tmp_path, capsys):
