@@ -17,6 +17,10 @@ from study.settings import StudySettings
 
 DEMO_CASES = 20
 DEMO_SEED = 2025
+# folder of the cached demo cohort in the data folder; the suffix names the generator, so that a
+# data folder holding the first generator's cases gets the anatomy-based ones in a new folder
+# (the old folder is left alone: studies imported from it still point at its files)
+DEMO_FOLDER = "demo_cohort_{size}_v2"
 
 
 @dataclass
@@ -104,7 +108,7 @@ def demo_cohort(size: str | None = None, folder: Path | None = None, settings: S
     size and folder default to the settings' demo size and a folder in their data folder."""
     settings = settings or StudySettings()
     size = size or settings.demo_size
-    folder = folder or settings.data_folder() / f"demo_cohort_{size}"
+    folder = folder or settings.data_folder() / DEMO_FOLDER.format(size=size)
     if not (folder / "manifest.json").exists():
         from usam.phantom import generate_cohort
 
