@@ -84,6 +84,8 @@ def list_cases(data_dir: str | Path, split: str = "all") -> list[dict]:
         row = dict(row)
         row["image"] = str((d / row["image"]).resolve())
         row["label"] = str((d / row["label"]).resolve())
+        if row.get("anatomy"):   # the phantom's label map of every structure (SynthSeg-style use)
+            row["anatomy"] = str((d / row["anatomy"]).resolve())
         out.append(row)
     if not out:
         raise UsamError(f"no cases with split {split!r} in {d}")

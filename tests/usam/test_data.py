@@ -236,3 +236,15 @@ def test_eval_z_range_from_manifest_or_extent():
     assert D.eval_z_range(lab) == (3, 6)
     assert D.eval_z_range(lab, {"rectum_start": 2, "rectum_end": 7}) == (2, 8)
     assert D.eval_z_range(np.zeros_like(lab)) is None
+
+
+def test_phantom_cohort_lists_and_loads_with_absolute_paths(tmp_path):
+    from usam.phantom import generate_cohort
+
+    generate_cohort(tmp_path, cases=3, seed=1, size="small")
+    rows = D.list_cases(tmp_path, "test")
+    assert len(rows) == 1 and rows[0]["split"] == "test"
+    for key in ("image", "label", "anatomy"):
+        assert rows[0][key].startswith(str(tmp_path.resolve())) and (tmp_path / rows[0][key]).is_file()
+    assert D.eval_z_range(np.zeros((rows[0]["shape"][0], 1, 1), np.uint8), rows[0]) == \
+        (rows[0]["rectum_start"], rows[0]["rectum_end"] + 1)
