@@ -84,8 +84,8 @@ def next_clicks(preds: np.ndarray, gts: np.ndarray, classes: Sequence[int] = (1,
         dist = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
         r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
         k = int(kind_of[i])
-        out[int(slice_of[i])] = Click(x=int(c0 + cols.start + c), y=int(r0 + rows.start + r), cls=classes[k % len(classes)],
-                                      positive=k < len(classes))
+        out[int(slice_of[i])] = Click(x=int(c0 + cols.start + c), y=int(r0 + rows.start + r),
+                                      cls=classes[k % len(classes)], positive=k < len(classes))
     return out
 
 

@@ -142,6 +142,14 @@ def test_without_the_mask_prompt_no_logits_come_back():
     assert len(model.masks_seen) > 1 and not any(model.masks_seen)
 
 
+def test_prompt_rules_add_labelled_rows_beside_the_network_alone():
+    res = evaluate_interactive([_case()], PaintModel(), D.DEFAULT_WINDOW, starts=["box"], noc_clicks=5,
+                               prompt_rules="box")
+    assert list(res["rows"]) == ["box", "box + rules"] and res["prompt_rules"] == "box"
+    plain = evaluate_interactive([_case()], PaintModel(), D.DEFAULT_WINDOW, starts=["box"], noc_clicks=5)
+    assert plain["rows"]["box"]["dice_mean_by_click"] == res["rows"]["box"]["dice_mean_by_click"]
+
+
 def test_noc_is_the_limit_when_never_reached():
     class Stubborn(PaintModel):
         def decode(self, features, prompts, mask_logits=None):  # ignores every prompt: draws nothing

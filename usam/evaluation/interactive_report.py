@@ -68,8 +68,9 @@ def curve_rows(res: dict) -> list[dict]:
     rows = []
     for name, row in res["rows"].items():
         for i in range(res["clicks"] + 1):
-            for cls, d, s in [(CLASS_NAMES[c], row["dice_by_click_per_class"][c][i], row["nsd_by_click_per_class"][c][i])
-                              for c in CLASSES] + [("mean", row["dice_mean_by_click"][i], row["nsd_mean_by_click"][i])]:
+            per_class = [(CLASS_NAMES[c], row["dice_by_click_per_class"][c][i], row["nsd_by_click_per_class"][c][i])
+                         for c in CLASSES]
+            for cls, d, s in per_class + [("mean", row["dice_mean_by_click"][i], row["nsd_mean_by_click"][i])]:
                 rows.append({"start": name, "clicks": i, "class": cls, "dice": d, "nsd": s})
     return rows
 
