@@ -160,6 +160,8 @@ def test_replaying_the_log_gives_the_same_masks_bit_for_bit(session, loaded, cas
         _same(_snapshot(again, zz), _snapshot(s, zz))
         assert again.can_undo(zz) == s.can_undo(zz) and again.can_redo(zz) == s.can_redo(zz)
     assert again.actions == s.actions and again.locked_slices() == s.locked_slices()
+    view = s.label_map(copy=False)
+    assert np.array_equal(view, s.label_map()) and not view.flags.writeable
     bare = InteractiveSession.replay(fast, case.volume, log["actions"], meta)  # a bare list of actions
     assert np.array_equal(bare.label_map(), s.label_map())
     with pytest.raises(PromptError, match="over the limit"):

@@ -11,7 +11,7 @@ off unless named (`rules="box"`).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -19,40 +19,13 @@ import torch
 
 from usam.errors import PromptError
 from usam.interactive import checks
-from usam.interactive.state import PromptItem, SliceHistory, SliceState, slice_prompts, with_box
+from usam.interactive.state import (InteractiveResult, PromptItem, SliceHistory, SliceState, slice_prompts,
+                                    with_box)
 from usam.predictor import DEFAULT_CACHE_BYTES, SliceResult, VolumePredictor
-from usam.preprocess import logits_to_labels
 from usam.prompts import slice_box_from_mask
 
 Progress = Callable[[int, int], Any] | None
 LOGITS_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-@dataclass
-class InteractiveResult:
-    """A slice after an action: its mask, its previous logits (what its next call feeds), its prompts."""
-
-    z: int
-    labels: np.ndarray                 # uint8 (h, w), 0/1/2
-    logits: torch.Tensor | None        # (K, 224, 224) model frame, CPU, the session's logits dtype; None: no mask
-    prompts: tuple[PromptItem, ...]
-    locked: bool
-    changed: bool = True               # False: undo / redo had nothing to step to
-    encoder_ms: float = 0.0
-    decoder_ms: float = 0.0
-    cached: bool = True                # the encoder did not run for this result
-    _probs: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def probs(self) -> np.ndarray:
-        """float32 (K, h, w) class probabilities at the slice's size (from the logits; background where none)."""
-        if self._probs is None:
-            if self.logits is None:
-                self._probs = np.zeros((3,) + self.labels.shape, np.float32)
-                self._probs[0] = 1.0
-            else:
-                self._probs = logits_to_labels(self.logits.float()[None], self.labels.shape)[1][0]
-        return self._probs
 
 
 @dataclass
@@ -129,9 +102,13 @@ class InteractiveSession:
         """The current mask of slice z: uint8 (h, w), a copy."""
         return self._label_map[self._z(z)].copy()
 
-    def label_map(self) -> np.ndarray:
-        """The current label map of the volume: uint8 (z, y, x), a copy."""
-        return self._label_map.copy()
+    def label_map(self, copy: bool = True) -> np.ndarray:
+        """The current label map of the volume: uint8 (z, y, x), a copy (copy=False: a read-only view, for display)."""
+        if copy:
+            return self._label_map.copy()
+        view = self._label_map.view()
+        view.flags.writeable = False
+        return view
 
     def prompts(self, z: int) -> tuple[PromptItem, ...]:
         """The active prompts of slice z (slice pixels)."""

@@ -8,12 +8,13 @@ session's logits dtype, ~300 KB in float16) and whether the user corrected (lock
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from usam.preprocess import logits_to_labels
 from usam.prompts import SlicePrompts
 
 
@@ -137,3 +138,30 @@ class SliceHistory:
     def can_redo(self) -> bool:
         """Whether redo would change anything."""
         return self.pos < len(self.states) - 1
+
+
+@dataclass
+class InteractiveResult:
+    """A slice after an action: its mask, its previous logits (what its next call feeds), its prompts."""
+
+    z: int
+    labels: np.ndarray                 # uint8 (h, w), 0/1/2
+    logits: torch.Tensor | None        # (K, 224, 224) model frame, CPU, the session's logits dtype; None: no mask
+    prompts: tuple[PromptItem, ...]
+    locked: bool
+    changed: bool = True               # False: undo / redo had nothing to step to
+    encoder_ms: float = 0.0
+    decoder_ms: float = 0.0
+    cached: bool = True                # the encoder did not run for this result
+    _probs: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """float32 (K, h, w) class probabilities at the slice's size (from the logits; background where none)."""
+        if self._probs is None:
+            if self.logits is None:
+                self._probs = np.zeros((3,) + self.labels.shape, np.float32)
+                self._probs[0] = 1.0
+            else:
+                self._probs = logits_to_labels(self.logits.float()[None], self.labels.shape)[1][0]
+        return self._probs
