@@ -2,9 +2,11 @@
 
 Pure functions on arrays. Each returns a list of Finding; an empty list means nothing looked
 unusual. The reference ranges are those of the training data of the shipped weights: the
-synthetic pelvic phantom cohort (usam/phantom.py: 512^2, 0.68-0.94 mm pixels, 0.625-3.75 mm
-slices, at most 190 mm of pelvis, rectum 60-160 mm long, tumours 20-55 mm long), widened to
-what a pelvic CT of a patient (the CARE data of the paper) still plausibly shows. A finding is
+synthetic pelvic phantom cohort (usam/phantom/params.py: 512^2 at 0.6-1.0 mm pixels, the small
+test size 128^2 at 1.9-2.0 mm; 0.625-5 mm slices; at most 258 mm of pelvis, from below the anal
+verge to above the sigmoid; rectum 75-125 mm long, tumours 18-55 mm long), widened to what a
+pelvic CT of a patient (the CARE data of the paper) still plausibly shows. The phantom figures
+in the comments are measured on the 40-case full cohort (seed 0) and 43 small cases. A finding is
 a warning, never a verdict: the numbers stay on the page with the notice beside them.
 """
 from __future__ import annotations
@@ -20,16 +22,20 @@ from usam.preprocess import DEFAULT_WINDOW
 
 # volume: intensities (HU) and geometry
 HU_MIN, HU_MAX = -1100.0, 4000.0        # beyond the 0.5 / 99.5 percentiles: not CT numbers
-MIN_HU_SPREAD = 300.0                   # p99.5 - p0.5 of a CT spans air to bone (phantom > 1300)
+MIN_HU_SPREAD = 300.0                   # p99.5 - p0.5 of a CT spans air to bone (phantom >= 1674)
 BODY_HU = -500.0                        # voxels above this count as body
 SOFT_WINDOW = DEFAULT_WINDOW            # the model's input window (usam.preprocess, defined once)
-MIN_SOFT_SHARE = 0.60                   # share of body voxels inside it (phantom 0.86-0.91)
-BODY_MEDIAN_RANGE = (-150.0, 150.0)     # median HU of the body (phantom -52..46)
-PIXEL_MM = (0.5, 2.0)                   # in-plane spacing (phantom 0.68-0.94, small 1.36-1.88)
-MAX_SLICE_MM = 5.0                      # slice spacing (phantom 0.625-3.75)
-MAX_COVERAGE_MM = 260.0                 # cranio-caudal coverage (phantom <= 190: the pelvis only)
-# model output: uncertainty on the predicted foreground (demo model on phantoms: mean normalised
-# entropy 0.09-0.14, share of foreground pixels with max probability < 0.6 at most 0.05)
+MIN_SOFT_SHARE = 0.60                   # share of body voxels inside it
+TRAIN_SOFT_SHARE = (0.85, 0.97)         # ... in the phantom (full 0.85-0.96, small 0.86-0.97)
+BODY_MEDIAN_RANGE = (-150.0, 150.0)     # median HU of the body
+TRAIN_BODY_MEDIAN = (-54.0, 63.0)       # ... in the phantom (full -54..40, small -3..63)
+PIXEL_MM = (0.5, 2.0)                   # in-plane spacing (phantom 0.6-1.0, small 1.9-2.0)
+MAX_SLICE_MM = 5.0                      # slice spacing (phantom 0.625-5: 0.625/1/1.25/2/2.5/3/5)
+MAX_COVERAGE_MM = 300.0                 # cranio-caudal coverage flagged beyond this
+TRAIN_COVERAGE_MM = 258.0               # phantom at most (48 mm below the junction + 125 mm rectum + 80 mm + a slice)
+# model output: uncertainty on the predicted foreground (the first demo model on the first
+# generator's phantoms: mean normalised entropy 0.09-0.14, share of foreground pixels with max
+# probability < 0.6 at most 0.05; to be remeasured with the model retrained on usam/phantom/)
 MAX_MEAN_ENTROPY = 0.25
 MAX_LOW_CONF_SHARE = 0.15
 LOW_CONF = 0.6
@@ -83,10 +89,12 @@ def volume_findings(hu: np.ndarray, spacing: Sequence[float]) -> list[Finding]:
         if soft < MIN_SOFT_SHARE:
             out.append(Finding("volume", f"Only {100 * soft:.0f} % of the body is soft tissue "
                                          f"({SOFT_WINDOW[0]:.0f} to {SOFT_WINDOW[1]:.0f} HU); the training "
-                                         f"volumes have 86-91 %."))
+                                         f"volumes have {100 * TRAIN_SOFT_SHARE[0]:.0f}-"
+                                         f"{100 * TRAIN_SOFT_SHARE[1]:.0f} %."))
         elif not BODY_MEDIAN_RANGE[0] <= med <= BODY_MEDIAN_RANGE[1]:
             out.append(Finding("volume", f"The body's median intensity is {med:.0f} HU; the training "
-                                         "volumes have -52 to 46 HU."))
+                                         f"volumes have {TRAIN_BODY_MEDIAN[0]:.0f} to "
+                                         f"{TRAIN_BODY_MEDIAN[1]:.0f} HU."))
     sz, sy, sx = (float(t) for t in spacing)
     px = max(sy, sx)
     if min(sy, sx) < PIXEL_MM[0] or px > PIXEL_MM[1]:
@@ -98,8 +106,8 @@ def volume_findings(hu: np.ndarray, spacing: Sequence[float]) -> list[Finding]:
     coverage = hu.shape[0] * sz if hu.ndim == 3 else 0.0
     if coverage > MAX_COVERAGE_MM:
         out.append(Finding("volume", f"The volume covers {coverage:.0f} mm cranio-caudally; the training "
-                                     "volumes cover the pelvis only (at most 190 mm). Structures outside "
-                                     "the pelvis may be labelled as rectum or tumour."))
+                                     f"volumes cover the pelvis only (at most {TRAIN_COVERAGE_MM:.0f} mm). "
+                                     "Structures outside the pelvis may be labelled as rectum or tumour."))
     return out
 
 

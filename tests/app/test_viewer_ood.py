@@ -21,6 +21,25 @@ def test_full_size_phantom_gives_no_finding():
     assert ood.volume_findings(c.volume.array, c.volume.spacing) == []
 
 
+def test_every_drawn_phantom_scanner_is_inside_the_training_range():
+    """The geometry limits hold every scanner the phantom draws (usam/phantom/params.py), at both sizes."""
+    from usam.phantom import _fine_grid, draw_params
+
+    px, sz, cov = [], [], []
+    for seed in range(300):
+        for size in ("small", "full"):
+            cp = draw_params(seed, size)
+            zf, k = _fine_grid(cp)
+            px.append(cp.scanner.px), sz.append(cp.scanner.thickness), cov.append(len(zf) // k * cp.scanner.thickness)
+    assert ood.PIXEL_MM[0] <= min(px) and max(px) <= ood.PIXEL_MM[1]
+    assert 0.6 <= min(p for p in px if p < 1.5) and max(p for p in px if p < 1.5) <= 1.0       # full: 0.6-1.0 mm
+    assert {0.625, 2.5, 3.0, 5.0} <= set(sz) and max(sz) == ood.MAX_SLICE_MM
+    assert 200 < max(cov) <= ood.TRAIN_COVERAGE_MM < ood.MAX_COVERAGE_MM
+    flat = np.zeros((int(ood.TRAIN_COVERAGE_MM // 5), 8, 8), np.float32)
+    assert not [f for f in ood.volume_findings(flat, (5.0, 0.6, 0.6)) if "Slice" in f.message or "covers" in f.message
+                or "Pixel" in f.message]
+
+
 def test_normalised_image_is_flagged(small_case):
     a = np.asarray(small_case.volume.array, np.float32)
     norm = (a - a.min()) / (a.max() - a.min())       # a 0..1 image, e.g. an exported PNG stack
@@ -42,6 +61,7 @@ def test_bone_heavy_body_and_geometry_are_flagged():
     f = ood.volume_findings(vol, (3.0, 2.5, 2.5))                 # 360 mm coverage, 2.5 mm pixels
     text = " ".join(x.message for x in f)
     assert "soft tissue" in text and "Pixel spacing" in text and "360 mm" in text
+    assert "85-97 %" in text and "at most 258 mm" in text                  # the phantom's ranges, quoted
     assert len(f) == 3
 
 
