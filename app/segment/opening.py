@@ -20,9 +20,12 @@ DEMO_CASES = ("Demo phantom 1", "Demo phantom 2", "Demo phantom 3")
 @functools.lru_cache(maxsize=4)
 def demo_case(index: int, size: str) -> Any:
     """A demo phantom case (usam.phantom.demo_case), generated once per process and shared read-only."""
+    import dataclasses
+
     from usam import phantom
 
-    return phantom.demo_case(index, size)
+    # the app never shows the anatomy map: not kept in the cache (a quarter of a full case's bytes)
+    return dataclasses.replace(phantom.demo_case(index, size), anatomy=None)
 
 
 def check_session_memory(ctx: AppContext, shape: tuple[int, ...]) -> None:
