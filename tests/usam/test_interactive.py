@@ -292,3 +292,28 @@ def test_a_bare_array_volume_and_results_without_logits(loaded):
     assert r.logits is None and r.probs[0].min() == 1.0 and s.labels(1).shape == (40, 50)
     with pytest.raises(PromptError):
         InteractiveSession(fast, arr[0], meta)
+
+
+def test_several_prompts_in_one_call_as_the_papers_protocols(session, loaded, case, Z):
+    from usam.prompts import SlicePrompts, slice_box_from_mask, slice_points_from_mask
+
+    fast, meta = loaded
+    z = Z
+    pts = slice_points_from_mask(case.labels[z], 3)
+    assert len(pts.points) == 6 and set(pts.point_classes.tolist()) == {1, 2}  # 3 points per present class
+    r = session.add_prompts(z, pts, use_mask=False)
+    direct = session.predictor.predict(z, pts)  # the plain one-call path: the same output
+    assert np.array_equal(r.labels, direct.labels) and np.array_equal(r.probs, direct.probs)
+    assert len(session.prompts(z)) == 6 and session.locked(z)
+    box = slice_box_from_mask(case.labels[z])
+    session.add_prompts(z, box)  # the box joins the points, the previous logits are fed back
+    assert [p.kind for p in session.prompts(z)].count("box") == 1 and len(session.prompts(z)) == 7
+    before, actions = _snapshot(session, z), list(session.actions)
+    with pytest.raises(PromptError):
+        session.add_prompts(z, SlicePrompts(points=[[500, 3]], point_labels=[1], point_classes=[1]))
+    with pytest.raises(PromptError):
+        session.add_prompts(z, {"points": [[3, 3]]})
+    _same(_snapshot(session, z), before)
+    assert session.actions == actions
+    again = InteractiveSession.replay(fast, case.volume, json.loads(json.dumps(session.to_log())), meta)
+    _same(_snapshot(again, z), _snapshot(session, z))

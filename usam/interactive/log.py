@@ -6,6 +6,7 @@ ops, e.g. "load" and "window", are not the library's: see LIBRARY_OPS):
 
     {"op": "point", "z", "x", "y", "label": 1 | 0, "cls": 1 | 2}
     {"op": "box", "z", "box": [x0, y0, x1, y1], "cls": 0 | 1 | 2}         cls optional (0)
+    {"op": "prompts", "z", "prompts": SlicePrompts.to_dict(), "use_mask": true | false}
     {"op": "undo" | "redo" | "clear" | "segment_slice", "z"}
     {"op": "lock", "z", "locked": true | false}
     {"op": "segment_volume", "start", "end"}                              inclusive, None = the volume's end
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from usam.errors import PromptError, UsamError
 from usam.interactive import checks
+from usam.prompts import SlicePrompts
 
 if TYPE_CHECKING:
     from usam.interactive.session import InteractiveSession
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 LOG_FORMAT = "usam-interactive-log"
 # op -> the keys its action must carry
 ACTION_KEYS: dict[str, tuple[str, ...]] = {
-    "point": ("z", "x", "y", "label"), "box": ("z", "box"), "undo": ("z",), "redo": ("z",), "clear": ("z",),
+    "point": ("z", "x", "y", "label"), "box": ("z", "box"), "prompts": ("z", "prompts"), "undo": ("z",), "redo": ("z",), "clear": ("z",),
     "segment_slice": ("z",), "lock": ("z",), "segment_volume": ("start", "end"), "propagate": ("start", "end")}
 LIBRARY_OPS = frozenset(ACTION_KEYS)
 # the session settings a log carries (InteractiveSession's keyword arguments)
@@ -46,6 +48,8 @@ def check_action(a: Any) -> str:
         raise PromptError("a 'box' action needs four coordinates")
     if op == "point" and a["label"] not in (0, 1):
         raise PromptError("a point's label must be 0 or 1")
+    if op == "prompts" and not isinstance(a["prompts"], dict):
+        raise PromptError("a 'prompts' action needs its prompts as an object")
     return op
 
 
@@ -59,7 +63,7 @@ def action_cost(a: dict[str, Any], num_slices: int) -> int:
         if a["end"] is None:
             return num_slices - 1
         return abs(int(checks.number(a["end"], "the last slice")) - int(checks.number(a["start"], "the slice")))
-    return 1 if op in ("point", "box", "segment_slice") else 0
+    return 1 if op in ("point", "box", "prompts", "segment_slice") else 0
 
 
 def apply_action(s: "InteractiveSession", a: dict[str, Any]) -> Any:
@@ -69,6 +73,8 @@ def apply_action(s: "InteractiveSession", a: dict[str, Any]) -> Any:
         return s.add_point(a["z"], a["x"], a["y"], a.get("cls", 1), positive=bool(a["label"]))
     if op == "box":
         return s.add_box(a["z"], *a["box"], cls=a.get("cls", 0))
+    if op == "prompts":
+        return s.add_prompts(a["z"], SlicePrompts.from_dict(a["prompts"]), use_mask=bool(a.get("use_mask", True)))
     if op == "undo":
         return s.undo(a["z"])
     if op == "redo":

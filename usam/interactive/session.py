@@ -22,7 +22,7 @@ from usam.interactive import checks
 from usam.interactive.state import (InteractiveResult, PromptItem, SliceHistory, SliceState, slice_prompts,
                                     with_box)
 from usam.predictor import DEFAULT_CACHE_BYTES, SliceResult, VolumePredictor
-from usam.prompts import slice_box_from_mask
+from usam.prompts import SlicePrompts, slice_box_from_mask
 
 Progress = Callable[[int, int], Any] | None
 LOGITS_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -177,6 +177,24 @@ class InteractiveSession:
             self.actions.append({"op": "box", "z": z, "box": list(item.box), "cls": cls})
             return res
 
+    def add_prompts(self, z: int, prompts: SlicePrompts, use_mask: bool = True) -> InteractiveResult:
+        """Several prompts in one model call (e.g. k points per class from a label map, the paper's protocols;
+        use_mask=False with a fresh slice gives exactly VolumePredictor.predict(z, prompts)); boxes replace
+        as add_box's. Locks the slice."""
+        with self._lock:
+            z = self._z(z)
+            if not isinstance(prompts, SlicePrompts):
+                raise PromptError(f"add_prompts takes SlicePrompts (slice pixels), not {type(prompts).__name__}")
+            prompts.validate(self.slice_shape)
+            items = self._state(z).prompts + tuple(
+                PromptItem("point", float(x), float(y), int(lab), int(c))
+                for (x, y), lab, c in zip(prompts.points, prompts.point_labels, prompts.point_classes))
+            for b, c in zip(prompts.boxes, prompts.box_classes):
+                items = with_box(items, PromptItem("box", cls=int(c), box=tuple(float(v) for v in b)))
+            res = self._prompt(z, items, use_mask=bool(use_mask))
+            self.actions.append({"op": "prompts", "z": z, "prompts": prompts.to_dict(), "use_mask": bool(use_mask)})
+            return res
+
     def segment(self, z: int) -> InteractiveResult:
         """Slice z without prompts and without its previous mask (a fresh start; undoable, unlocked)."""
         with self._lock:
@@ -312,13 +330,13 @@ class InteractiveSession:
             r.logits = r.logits.detach().to("cpu", self._dtype, copy=True)
         return rs
 
-    def _prompt(self, z: int, items: tuple[PromptItem, ...]) -> InteractiveResult:
-        """Slice z with these prompts and its previous logits; the result becomes its locked state."""
+    def _prompt(self, z: int, items: tuple[PromptItem, ...], use_mask: bool = True) -> InteractiveResult:
+        """Slice z with these prompts and (use_mask) its previous logits; the result becomes its locked state."""
         limit = self.settings["max_points_per_slice"]
         if len(items) > limit:
             raise PromptError(f"slice {z} already has {len(items) - 1} prompts (at most {limit}): "
                               "undo or clear some first")
-        r = self._run([z], [items], [self._state(z).logits])[0]
+        r = self._run([z], [items], [self._state(z).logits if use_mask else None])[0]
         return self._commit(z, items, r, locked=True)
 
     def _commit(self, z: int, items: tuple[PromptItem, ...], r: SliceResult, locked: bool) -> InteractiveResult:
