@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 LOG_FORMAT = "usam-interactive-log"
 # op -> the keys its action must carry
 ACTION_KEYS: dict[str, tuple[str, ...]] = {
-    "point": ("z", "x", "y", "label"), "box": ("z", "box"), "prompts": ("z", "prompts"), "undo": ("z",), "redo": ("z",), "clear": ("z",),
-    "segment_slice": ("z",), "lock": ("z",), "segment_volume": ("start", "end"), "propagate": ("start", "end")}
+    "point": ("z", "x", "y", "label"), "box": ("z", "box"), "prompts": ("z", "prompts"), "undo": ("z",),
+    "redo": ("z",), "clear": ("z",), "segment_slice": ("z",), "lock": ("z",), "segment_volume": ("start", "end"),
+    "propagate": ("start", "end")}
 LIBRARY_OPS = frozenset(ACTION_KEYS)
 # the session settings a log carries (InteractiveSession's keyword arguments)
 SETTING_NAMES = ("rules", "logits_dtype", "max_points_per_slice", "max_history", "max_history_mb", "batch_size")
