@@ -317,3 +317,24 @@ def test_several_prompts_in_one_call_as_the_papers_protocols(session, loaded, ca
     assert session.actions == actions
     again = InteractiveSession.replay(fast, case.volume, json.loads(json.dumps(session.to_log())), meta)
     _same(_snapshot(again, z), _snapshot(session, z))
+
+
+def test_a_run_that_fails_half_way_changes_nothing(session, case, Z, monkeypatch):
+    session.add_point(Z, *_centre(case.labels[Z] > 0), 1)
+    before, actions = session.label_map(), list(session.actions)
+    batch = session.predictor.predict_batch
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return batch(*a, **k)
+    monkeypatch.setattr(session.predictor, "predict_batch", failing)
+    with pytest.raises(RuntimeError):
+        session.segment_volume()
+    assert np.array_equal(session.label_map(), before) and session.actions == actions
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        session.propagate(Z)
+    assert np.array_equal(session.label_map(), before) and session.actions == actions

@@ -239,13 +239,14 @@ class InteractiveSession:
         with self._lock:
             lo, hi = checks.slice_range(start, end, self.num_slices)
             todo = [z for z in range(lo, hi + 1) if not self._state(z).locked]
-            bs = self.settings["batch_size"]
-            for i in range(0, len(todo), bs):
+            bs, done = self.settings["batch_size"], []
+            for i in range(0, len(todo), bs):  # all slices first, then the states: a failed run changes nothing
                 batch = todo[i:i + bs]
-                for z, r in zip(batch, self._run(batch, [()] * len(batch), [None] * len(batch))):
-                    self._restart(z, (), r)
+                done += zip(batch, self._run(batch, [()] * len(batch), [None] * len(batch)))
                 if progress is not None:
                     progress(min(i + bs, len(todo)), len(todo))
+            for z, r in done:
+                self._restart(z, (), r)
             self.actions.append({"op": "segment_volume", "start": lo, "end": hi})
             return {"start": lo, "end": hi, "segmented": len(todo), "kept_locked": hi - lo + 1 - len(todo)}
 
@@ -264,31 +265,33 @@ class InteractiveSession:
                 raise PromptError("the propagation margin must lie in 0..224 pixels")
             if not self._label_map[z].any():
                 raise PromptError(f"slice {z} has no mask to propagate from: segment or prompt it first")
+            end = None if end is None else self._z(end)
             if end is None:
                 runs = [list(range(z + 1, self.num_slices)), list(range(z - 1, -1, -1))]
             else:
-                e = self._z(end)
-                runs = [list(range(z + 1, e + 1)) if e >= z else list(range(z - 1, e - 1, -1))]
-            total, done, out = sum(map(len, runs)), 0, {"start": z, "end": end, "propagated": [], "stopped_at": []}
+                runs = [list(range(z + 1, end + 1)) if end >= z else list(range(z - 1, end - 1, -1))]
+            total, out = sum(map(len, runs)), {"start": z, "end": end, "propagated": [], "stopped_at": []}
+            done: list[tuple[int, tuple[PromptItem, ...], SliceResult]] = []  # committed at the end
             for zs in runs:
-                prev = z
+                labels, logits = self._label_map[z], self._state(z).logits
                 for nz in zs:
                     if self._state(nz).locked:
                         out["stopped_at"].append({"z": nz, "why": "locked"})
                         break
-                    box = slice_box_from_mask(self._label_map[prev], margin=margin)
+                    box = slice_box_from_mask(labels, margin=margin)
                     items = tuple(PromptItem("box", cls=int(c), box=tuple(float(v) for v in b))
                                   for b, c in zip(box.boxes, box.box_classes))
-                    r = self._run([nz], [items], [self._state(prev).logits if feed_mask else None])[0]
-                    self._restart(nz, items, r)
+                    r = self._run([nz], [items], [logits if feed_mask else None])[0]
+                    done.append((nz, items, r))
                     out["propagated"].append(nz)
-                    done += 1
                     if progress is not None:
-                        progress(done, total)
-                    prev = nz
-                    if not r.labels.any():
+                        progress(len(done), total)
+                    labels, logits = r.labels, r.logits
+                    if not labels.any():
                         out["stopped_at"].append({"z": nz, "why": "empty"})
                         break
+            for nz, items, r in done:
+                self._restart(nz, items, r)
             self.actions.append({"op": "propagate", "start": z, "end": end, "margin": margin,
                                  "feed_mask": bool(feed_mask)})
             return out
