@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negatives", type=int, default=default("negatives"), help="negative (background) points per slice")
     g.add_argument("--box-margin", type=int, default=default("box_margin"), help="max random box margin in px at 224")
     g.add_argument("--box-per-class", action="store_true", help="one box per class instead of one around all foreground")
+    g.add_argument("--interactive-rounds", type=int, default=default("interactive_rounds"), metavar="N",
+                   help="simulated users: after the start prompt, 0..N corrective clicks per slice at the centre of "
+                        "the largest error, previous logits fed back (0 = off)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder: checkpoints, train_state.pt, log.jsonl")
     g.add_argument("--export", default=None, help="also copy the selected (best-on-val) checkpoint here")

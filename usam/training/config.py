@@ -23,7 +23,8 @@ WEIGHTS_KINDS = ("trained", "demo-phantom")
 AMP_MODES = ("auto", "bf16", "off")
 # fields by type (None allowed where the field's default is None): checked before their ranges
 INT_FIELDS = ("lora_rank", "warmup_steps", "epochs", "steps", "batch_size", "seed", "points", "negatives",
-              "box_margin", "val_every", "val_stride", "save_every", "log_every", "threads", "workers", "stop_after")
+              "box_margin", "interactive_rounds", "val_every", "val_stride", "save_every", "log_every", "threads",
+              "workers", "stop_after")
 FLOAT_FIELDS = ("val_fraction", "lr_decoder", "lr_vit", "lr_adapter", "weight_decay", "poly_power", "lambda_ce",
                 "lambda_dice", "p_rot90", "p_rotate", "max_rotation")
 BOOL_FIELDS = ("include_empty", "dice_batch", "augment", "box_per_class", "resume", "progress", "rank_checksums")
@@ -75,6 +76,7 @@ class TrainConfig:
     negatives: int = 0  # negative (background) points per slice
     box_margin: int = 4  # max random box margin in px at 224
     box_per_class: bool = False  # one box per class instead of one around all foreground
+    interactive_rounds: int = 0  # simulated users: corrective click rounds per step, drawn in 0..N (0 = off)
     # run
     out: str  # run folder: checkpoints, train_state.pt, log.jsonl
     export: str | None = None  # also copy the selected (best-on-val) checkpoint here
@@ -132,8 +134,8 @@ class TrainConfig:
         # the CLI's own wording, kept from before the config existed
         _need(self.window[0] < self.window[1], f"--window must be LO < HI, got {self.window}")
         _need(0.0 <= self.val_fraction < 1.0, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        for name in ("lora_rank", "warmup_steps", "negatives", "box_margin", "val_every", "save_every",
-                     "workers"):
+        for name in ("lora_rank", "warmup_steps", "negatives", "box_margin", "interactive_rounds", "val_every",
+                     "save_every", "workers"):
             _need(getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
         for name in ("epochs", "batch_size", "points", "val_stride", "log_every"):
             _need(getattr(self, name) >= 1, f"{name} must be 1 or more, got {getattr(self, name)}")

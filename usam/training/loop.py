@@ -17,6 +17,7 @@ from usam.preprocess import MEAN as NORM_MEAN, STD as NORM_STD
 from usam.training import ddp
 from usam.training.augment import TrainSlices
 from usam.training.config import TrainConfig
+from usam.training.interaction import SimulatedUser, draw_rounds, interactive_loss
 from usam.training.model_init import build_model
 from usam.training.optim import make_optimizer, make_scheduler
 from usam.training.outputs import (LOG_FILE, STATE_FILE, JsonlLog, export_checkpoint, load_state, save_checkpoint,
@@ -74,7 +75,8 @@ class Trainer:
         self.model, self.model_config = build_model(cfg.preset, cfg.overrides, cfg.lora_rank, cfg.seed,
                                                     cfg.sam_weights, cfg.init)
         self.model.to(dist.device).train()
-        self.ddp_model: nn.Module = ddp.wrap(self.model, dist)
+        # with simulated users DDP wraps the whole interaction (one forward per step), else the model
+        self.ddp_model: nn.Module = ddp.wrap(SimulatedUser(self.model) if cfg.interactive_rounds else self.model, dist)
         self.recipe = cfg.optimizer_settings()
         self.opt = make_optimizer(self.model, self.recipe)
 
@@ -154,7 +156,11 @@ class Trainer:
         prompts = batch_prompts(labels, kind, k, cfg.seed, step, dist.rank, self.sampling)
         torch.manual_seed(cfg.seed + step)  # any stochastic layer: reproducible across resume
         images, labels = images.to(dist.device, non_blocking=True), labels.to(dist.device, non_blocking=True)
-        loss = batch_loss(self.ddp_model, images, labels, prompts, self.loss_fn, self.amp, step)
+        rounds = draw_rounds(cfg.interactive_rounds, cfg.seed, step)
+        if cfg.interactive_rounds:
+            loss = interactive_loss(self.ddp_model, images, labels, prompts, self.loss_fn, self.amp, step, rounds)
+        else:
+            loss = batch_loss(self.ddp_model, images, labels, prompts, self.loss_fn, self.amp, step)
         lrs = optimizer_step(self.opt, self.sched, loss)
         state["step"] = step + 1
         value = loss.item()
@@ -164,7 +170,7 @@ class Trainer:
                 self.progress.set_postfix(loss=f"{value:.4f}", prompt=f"{kind}{k or ''}")
             if step % cfg.log_every == 0 or state["step"] == self.total_steps:
                 self.log.write(event="step", step=step, epoch=epoch, loss=round(value, 6), lr=lrs, prompt=kind,
-                               k=k, wall_s=round(self.wall(), 1))
+                               k=k, rounds=rounds, wall_s=round(self.wall(), 1))
             if cfg.save_every and state["step"] % cfg.save_every == 0:
                 self.checkpoint_all()
         return value
@@ -179,8 +185,8 @@ class Trainer:
             return
         val_result = None
         if do_val:
-            val_result = validate(self.model, self.val_set, val_modes(cfg.prompt, cfg.points), self.dist.device,
-                                  self.amp)
+            rows = val_modes(cfg.prompt, cfg.points, cfg.interactive_rounds > 0)
+            val_result = validate(self.model, self.val_set, rows, self.dist.device, self.amp)
             val_result["step"] = state["step"]
             self.log.write(event="val", epoch=epoch, **val_result)
             if val_result["score"] > state["best"]:
