@@ -164,6 +164,13 @@ class AppContext:
         _, meta = self.get_model()
         return VolumePredictor(self.inference_model(), volume, meta, device=self.device)
 
+    def new_session(self, volume: Any, **options: Any) -> Any:
+        """An InteractiveSession (usam.interactive) for one volume on the shared model; options: its limits, rules."""
+        from usam.interactive import InteractiveSession
+
+        _, meta = self.get_model()
+        return InteractiveSession(self.inference_model(), volume, meta, device=self.device, **options)
+
     def weights_info(self) -> WeightsInfo:
         """Description of the active weights (loads the model if needed)."""
         if self._info is not None:
