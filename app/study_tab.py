@@ -6,7 +6,7 @@ every handler passes the caller's token on. Context attributes used (all optiona
     ctx.config          AppConfig (app/settings.py): .study (StudySettings: database, demo cohort,
                         warm-up), .trusted_proxies, .export_keep_s, all read once at start-up
     ctx.study_service   a ready StudyService (tests inject one); else built on ctx.config.study
-    ctx.new_predictor   volume -> VolumePredictor, for the AI arms
+    ctx.new_session     volume -> usam.interactive.InteractiveSession, for the AI arms
     ctx.weights_info()  -> object with .label and .sha256 (stored with every model output)
     (demo cohort size: ctx.config.study.demo_size, default 'full' = realistic 512^2 phantoms)
 """
@@ -243,14 +243,14 @@ def make_service(ctx: Any, settings: Any = None):
     from study.db import get_database
     from study.service import StudyService
 
-    factory = getattr(ctx, "new_predictor", None)
+    factory = getattr(ctx, "new_session", None)
     name = sha = ""
     try:
         info = ctx.weights_info()
         name, sha = str(info.label)[:64], str(info.sha256)[:64]
     except Exception:
         pass
-    return StudyService(get_database(settings=settings), predictor_factory=factory, model_name=name,
+    return StudyService(get_database(settings=settings), session_factory=factory, model_name=name,
                         checkpoint_hash=sha)
 
 

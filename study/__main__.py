@@ -128,9 +128,9 @@ def cmd_simulate(args) -> int:
 
 def cmd_run_models(args) -> int:
     """Run and score U-SAM, U-SAM/P and U-SAM/B (GT-derived prompts) on every case."""
-    from study.model_runs import default_predictor_factory, run_model_variants
+    from study.model_runs import default_session_factory, run_model_variants
 
-    factory = default_predictor_factory(args.checkpoint, args.device, env_checkpoint=args.checkpoint_env)
+    factory = default_session_factory(args.checkpoint, args.device, env_checkpoint=args.checkpoint_env)
     n = run_model_variants(_db(args), args.study, factory, tuple(args.variants.split(",")), progress=print)
     print(f"{n} model runs stored")
     return 0

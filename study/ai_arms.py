@@ -1,5 +1,6 @@
-"""The AI arms: the reader's prompts checked against the slice and converted for usam, one
-predictor per case (the two most recent kept), and every prompt and model output recorded."""
+"""The AI arms: the reader's prompts checked against the slice and converted for usam, run as steps
+of one interactive session per assignment (usam.interactive: a click feeds the slice's previous
+output back, so it corrects it), and every prompt and model output recorded."""
 from __future__ import annotations
 
 import threading
@@ -17,7 +18,7 @@ from study.inputs import as_int
 from study.models import ActivityEvent, Case, Clinician, ModelOutput, PromptEvent
 from study.scoring import encode_mask
 
-PredictorFactory = Callable[[Any], Any]   # volume -> object with .predict(z, prompts) -> SliceResult
+SessionFactory = Callable[[Any], Any]   # volume -> usam.interactive.InteractiveSession
 AI_ARMS = ("usam_p", "usam_b", "ai_edit")
 MAX_PROMPT_MS = 3_600_000
 
@@ -76,30 +77,63 @@ def check_prompts(points: list, box, h: int, w: int, arm: str) -> tuple[list, li
     return pts, boxes
 
 
-class Predictors:
-    """One predictor per case, the two most recently used kept (thread-safe)."""
+class Sessions:
+    """One interactive session per assignment (a reader's case), the `keep` most recently used kept
+    (thread-safe). An evicted session is rebuilt on the next call: its slices then start afresh."""
 
     def __init__(self, keep: int = 2):
         self.keep = keep
         self._items: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, case: Case, factory: PredictorFactory | None, cache: CaseCache) -> Any:
-        """The case's predictor, built by `factory` from the volume in `cache` on first use
-        (outside the lock: it encodes the volume)."""
+    def get(self, assignment_id: int, case: Case, factory: SessionFactory | None, cache: CaseCache) -> Any:
+        """The assignment's session, built by `factory` from the case's volume in `cache` on first use
+        (outside the lock: building it may load the model)."""
         if factory is None:
             raise Conflict("No U-SAM model is configured on this server for the AI arms.")
         with self._lock:
-            if case.id in self._items:
-                self._items.move_to_end(case.id)
-                return self._items[case.id]
+            if assignment_id in self._items:
+                self._items.move_to_end(assignment_id)
+                return self._items[assignment_id]
         lc = cache.get(case.volume_path, case.gt_path, case.gt_sha256)
-        pred = factory(lc.volume)
+        session = factory(lc.volume)
         with self._lock:
-            self._items[case.id] = pred
+            self._items[assignment_id] = session
             while len(self._items) > self.keep:
                 self._items.popitem(last=False)
-        return pred
+        return session
+
+
+def _point_keys(points, labels, classes) -> list[tuple]:
+    return [(round(float(x), 4), round(float(y), 4), int(lab), int(c)) for (x, y), lab, c in zip(points, labels, classes)]
+
+
+def run_prompts(session: Any, z: int, prompts: Any) -> Any:
+    """The reader's prompts of slice z (the page sends all of them each time) as one session step.
+
+    When they extend what the session holds for the slice (one more click, a new or moved box), only
+    the new prompts are added and the slice's previous output is fed back (the click corrects it);
+    when a prompt was taken away the slice starts again from the prompts alone; none: no prompt."""
+    from usam.prompts import SlicePrompts
+
+    if prompts is None or prompts.is_empty:
+        return session.segment(z)
+    held = session.prompts(z)
+    held_pts = [(round(p.x, 4), round(p.y, 4), p.label, p.cls) for p in held if p.kind == "point"]
+    held_box = [(tuple(round(v, 4) for v in p.box), p.cls) for p in held if p.kind == "box"]
+    new_pts = _point_keys(prompts.points, prompts.point_labels, prompts.point_classes)
+    new_box = [(tuple(round(float(v), 4) for v in b), int(c)) for b, c in zip(prompts.boxes, prompts.box_classes)]
+    if held and new_pts[:len(held_pts)] == held_pts and (new_box == held_box or (new_box and len(held_box) <= 1)):
+        n = len(held_pts)
+        add = SlicePrompts(points=prompts.points[n:], point_labels=prompts.point_labels[n:],
+                           point_classes=prompts.point_classes[n:],
+                           boxes=prompts.boxes if new_box != held_box else prompts.boxes[:0],
+                           box_classes=prompts.box_classes if new_box != held_box else prompts.box_classes[:0])
+        if add.is_empty:
+            return session.result(z)
+        return session.add_prompts(z, add, use_mask=True)
+    session.clear(z)
+    return session.add_prompts(z, prompts, use_mask=False)
 
 
 @dataclass

@@ -35,8 +35,9 @@ def prompts_for(variant: str, gt2d: np.ndarray):
     return slice_box_from_mask(gt2d, margin=2)
 
 
-def run_case(predictor: Any, gt: np.ndarray, start: int, end: int, variant: str) -> tuple[np.ndarray, float]:
-    """(labels over start..end, inference seconds) of one variant on one case."""
+def run_case(session: Any, gt: np.ndarray, start: int, end: int, variant: str) -> tuple[np.ndarray, float]:
+    """(labels over start..end, inference seconds) of one variant on one case, each slice from a fresh start
+    (no previous mask: the paper's protocol) on the case's interactive session."""
     out = np.zeros((end - start + 1,) + gt.shape[1:], np.uint8)
     secs = 0.0
     for z in range(start, end + 1):
@@ -44,13 +45,17 @@ def run_case(predictor: Any, gt: np.ndarray, start: int, end: int, variant: str)
         if isinstance(pr, str):
             continue
         t0 = time.perf_counter()
-        res = predictor.predict(z, pr)
+        if pr is None:
+            res = session.segment(z)
+        else:
+            session.clear(z)
+            res = session.add_prompts(z, pr, use_mask=False)
         secs += time.perf_counter() - t0
         out[z - start] = np.asarray(res.labels, np.uint8)
     return out, secs
 
 
-def run_model_variants(db: Database, study_id: int | None, predictor_factory: Callable[[Any], Any],
+def run_model_variants(db: Database, study_id: int | None, session_factory: Callable[[Any], Any],
                        variants: tuple[str, ...] = VARIANTS, cache: CaseCache | None = None,
                        progress: Callable[[str], None] | None = None) -> int:
     """Run and score every variant on every case of a study; returns the number of rows stored."""
@@ -66,9 +71,9 @@ def run_model_variants(db: Database, study_id: int | None, predictor_factory: Ca
     n = 0
     for cid, key, vp, gp, sha, start, end, spacing in cases:
         lc = cache.get(vp, gp, sha)
-        predictor = predictor_factory(lc.volume)
+        session = session_factory(lc.volume)
         for v in variants:
-            labels, secs = run_case(predictor, lc.labels, start, end, v)
+            labels, secs = run_case(session, lc.labels, start, end, v)
             scores = score_case(labels, lc.labels[start:end + 1], spacing, tol)
             with db.session() as s:
                 rev = (s.scalar(select(func.max(Submission.revision)).where(
@@ -84,15 +89,14 @@ def run_model_variants(db: Database, study_id: int | None, predictor_factory: Ca
     return n
 
 
-def default_predictor_factory(checkpoint: str | None = None, device: str = "cpu",
-                              env_checkpoint: str | None = None) -> Callable[[Any], Any]:
-    """volume -> VolumePredictor with the resolved weights (flag > $USAM_CHECKPOINT > demo); the CLI
+def default_session_factory(checkpoint: str | None = None, device: str = "cpu",
+                            env_checkpoint: str | None = None) -> Callable[[Any], Any]:
+    """volume -> InteractiveSession with the resolved weights (flag > $USAM_CHECKPOINT > demo); the CLI
     passes the flag as `checkpoint` and the environment's value as `env_checkpoint`."""
     from usam.checkpoints import load_checkpoint, resolve_weights
-    from usam.predictor import VolumePredictor
-
+    from usam.interactive import InteractiveSession
     from usam.model.fast import optimize_for_inference
 
     model, meta = load_checkpoint(resolve_weights(checkpoint, env_checkpoint), device=device)
     fast = optimize_for_inference(model, device)  # once, where the model is loaded
-    return lambda volume: VolumePredictor(fast, volume, meta, device=device)
+    return lambda volume: InteractiveSession(fast, volume, meta, device=device)

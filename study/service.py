@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from study import accounts, admin, ai_arms, reading, submitting
-from study.ai_arms import PredictorFactory
+from study.ai_arms import SessionFactory
 from study.auth import resolve_token
 from study.cases import CACHE, CaseCache
 from study.db import Database, get_database
@@ -24,22 +24,22 @@ from study.errors import Conflict, PermissionDenied
 from study.models import Clinician, utcnow
 from study.reading import CaseView, SliceView
 
-__all__ = ["CaseView", "PredictorFactory", "SliceView", "StudyService"]
+__all__ = ["CaseView", "SessionFactory", "SliceView", "StudyService"]
 
 
 class StudyService:
-    """Observer-study API bound to one database (and optional predictor factory for AI arms)."""
+    """Observer-study API bound to one database (and an optional interactive-session factory for the AI arms)."""
 
     def __init__(self, db: Database | None = None, cache: CaseCache | None = None,
-                 predictor_factory: PredictorFactory | None = None, model_name: str = "",
+                 session_factory: SessionFactory | None = None, model_name: str = "",
                  checkpoint_hash: str = "", clock: Callable[[], Any] = utcnow):
         self.db = db or get_database()
         self.clock = clock          # server UTC time; the simulator passes a scripted clock
         self.cache = cache or CACHE
-        self.predictor_factory = predictor_factory
+        self.session_factory = session_factory
         self.model_name = model_name
         self.checkpoint_hash = checkpoint_hash
-        self._predictors = ai_arms.Predictors()
+        self._sessions = ai_arms.Sessions()
 
     # ---------------------------------------------------------------- accounts
     def register(self, study_code: str, login: str, password: str, name: str = "", group: int | None = None,
@@ -146,8 +146,8 @@ class StudyService:
             call = ai_arms.check_call(s, self._reader(s, token), assignment_id, z, points, box)
         prompts = ai_arms.to_prompts(call.pts, call.boxes)
         t0 = time.perf_counter()    # outside any transaction; a first call also encodes the volume
-        predictor = self._predictors.get(call.case, self.predictor_factory, self.cache)
-        result = predictor.predict(call.z, prompts if (call.pts or call.boxes) else None)
+        session = self._sessions.get(call.aid, call.case, self.session_factory, self.cache)
+        result = ai_arms.run_prompts(session, call.z, prompts if (call.pts or call.boxes) else None)
         ms = (time.perf_counter() - t0) * 1000.0
         labels = np.asarray(result.labels, dtype=np.uint8)
         with self.db.session() as s:
@@ -233,9 +233,9 @@ class StudyService:
 
         with self.db.session() as s:
             sid = admin.start_model_runs(s, self._user(s, token, "admin"), study_id)
-        if self.predictor_factory is None:
+        if self.session_factory is None:
             raise Conflict("No U-SAM model is configured on this server.")
-        return run_model_variants(self.db, sid, self.predictor_factory, cache=self.cache, progress=progress)
+        return run_model_variants(self.db, sid, self.session_factory, cache=self.cache, progress=progress)
 
     def export_csv(self, token: str, path: str | Path, study_id: int | None = None) -> Path:
         """Long-format CSV of every scored annotation (admin)."""

@@ -87,6 +87,11 @@ class FakeContext(AppContext):
     def new_predictor(self, volume):
         return FakePredictor(volume)
 
+    def new_session(self, volume, **options):
+        from tests.fakes import FakeSession
+
+        return FakeSession(FakePredictor(volume))
+
     def weights_info(self):
         return WeightsInfo(kind="fake", label="fake", path="-", sha256="f" * 64, is_demo=True, note="fake")
 

@@ -33,6 +33,11 @@ def app(tmp_path_factory):
         def new_predictor(self, volume):
             return FakePredictor(volume)
 
+        def new_session(self, volume, **options):
+            from tests.fakes import FakeSession
+
+            return FakeSession(FakePredictor(volume))
+
     with launched_tiny_study(tmp_path_factory.mktemp("contour"), ctx_cls=Ctx) as launched:
         yield launched
 

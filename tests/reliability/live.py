@@ -30,7 +30,7 @@ def launched_app(db_url: str, data_dir: Path, max_file_size: str | None = None,
     if export_keep_s is not None:
         ctx.config = dataclasses.replace(ctx.config, export_keep_s=export_keep_s)
     db = Database(db_url, settings=StudySettings(data_dir=data_dir, warmup="0"))
-    ctx.study_service = StudyService(db, cache=CaseCache(), predictor_factory=ctx.new_predictor,
+    ctx.study_service = StudyService(db, cache=CaseCache(), session_factory=ctx.new_session,
                                      model_name="fake", checkpoint_hash="f" * 64)
     demo = for_tests(build_app(ctx))
     demo.queue(default_concurrency_limit=4)

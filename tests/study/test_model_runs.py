@@ -20,26 +20,38 @@ def _gt() -> np.ndarray:
 
 
 class _Spy:
-    """A predictor that records what it is given and passes it on to the real one."""
+    """An interactive session that records the prompts it is given and passes them on to the real one."""
 
     def __init__(self, inner):
         self.inner, self.seen = inner, []
 
-    def predict(self, z, prompts):
+    def segment(self, z):
+        return self.inner.segment(z)
+
+    def clear(self, z):
+        return self.inner.clear(z)
+
+    def add_prompts(self, z, prompts, use_mask=True):
         self.seen.append((z, prompts))
-        return self.inner.predict(z, prompts)
+        assert use_mask is False      # the paper's protocol: every slice from a fresh start
+        return self.inner.add_prompts(z, prompts, use_mask=use_mask)
+
+
+def _model():
+    from usam.model import build_usam, get_config
+    from usam.model.fast import FastUsam
+
+    torch.manual_seed(0)
+    return FastUsam(build_usam(get_config("demo")).eval())
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    from usam.model import build_usam, get_config
-    from usam.model.fast import FastUsam
-    from usam.predictor import VolumePredictor
+    from usam.interactive import InteractiveSession
 
-    torch.manual_seed(0)
-    model = FastUsam(build_usam(get_config("demo")).eval())
     hu = np.where(_gt() > 0, 40.0, -50.0).astype(np.float32)
-    return VolumePredictor(model, SimpleNamespace(array=hu), {"preprocessing": {"window": [-150, 250]}}, device="cpu")
+    return InteractiveSession(_model(), SimpleNamespace(array=hu), {"preprocessing": {"window": [-150, 250]}},
+                              device="cpu")
 
 
 def test_box_arm_gives_the_slice_box_to_the_last_column():
@@ -81,3 +93,41 @@ def test_prompted_arms_run_on_a_small_case_in_slice_pixels(predictor, variant):
         assert coords[:, 0].max() == cols.max() if variant == "usam_b" else coords[:, 0].max() <= cols.max()
         assert coords[:, 0].min() >= cols.min() - 1 and coords[:, 1].min() >= rows.min() - 1
         assert coords[:, 1].max() <= rows.max() + 1
+
+
+def test_a_variant_run_gives_the_volume_predictors_masks_whatever_ran_before(predictor):
+    """Each slice of a model run starts afresh: the same masks as VolumePredictor.predict, even after another arm."""
+    from usam.predictor import VolumePredictor
+
+    gt = _gt()
+    first, _ = run_case(predictor, gt, 0, 4, "usam_p")
+    box, _ = run_case(predictor, gt, 0, 4, "usam_b")
+    again, _ = run_case(predictor, gt, 0, 4, "usam_p")
+    np.testing.assert_array_equal(first, again)
+    ref = VolumePredictor(predictor.predictor.model, predictor.volume, {"preprocessing": {"window": [-150, 250]}},
+                          device="cpu")
+    for z in (1, 2, 3):
+        np.testing.assert_array_equal(box[z], ref.predict(z, prompts_for("usam_b", gt[z])).labels)
+
+
+def test_the_readers_next_click_feeds_the_previous_output_back_and_a_removed_click_starts_afresh():
+    from study.ai_arms import run_prompts
+    from tests.fakes import FakeSession
+
+    class Pred:
+        def predict(self, z, prompts):
+            return SimpleNamespace(labels=np.zeros((H, W), np.uint8))
+
+    sess = FakeSession(Pred())
+    one = SlicePrompts(points=[[3, 4]], point_labels=[1], point_classes=[2])
+    two = SlicePrompts(points=[[3, 4], [10, 12]], point_labels=[1, 0], point_classes=[2, 1])
+    run_prompts(sess, 2, one)
+    run_prompts(sess, 2, two)                         # one more click: only it is added, with the mask
+    assert sess.calls[-1] == ("add_prompts", 2, True) and len(sess.prompts(2)) == 2
+    boxed = two + SlicePrompts(boxes=[[0, 0, 20, 20]], box_classes=[0])
+    run_prompts(sess, 2, boxed)                       # a new box: added, with the mask
+    assert sess.calls[-1] == ("add_prompts", 2, True) and len(sess.prompts(2)) == 3
+    run_prompts(sess, 2, one)                         # clicks taken away: the slice starts again from `one`
+    assert sess.calls[-2:] == [("clear", 2, False), ("add_prompts", 2, False)] and len(sess.prompts(2)) == 1
+    run_prompts(sess, 2, None)
+    assert sess.calls[-1] == ("segment", 2, False) and sess.prompts(2) == ()

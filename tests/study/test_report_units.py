@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from study import report
+from tests.fakes import FakeSession
 
 
 def _rec(reader, case, group, dice, arm="manual", kind="reader"):
@@ -95,7 +96,7 @@ def test_admin_dashboard_fills_on_login_and_model_runs_report_cases(study_env):
     assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in tab.admin_on_login(tok))
 
     calls = []
-    svc.predictor_factory = _Pred
+    svc.session_factory = lambda volume: FakeSession(_Pred(volume))
     msg = tab.admin_run_models(admin, progress=lambda frac, desc="": calls.append((frac, desc)))
     assert msg.startswith("18 model runs scored (6 cases × 3 variants)")
     assert calls[0] == (0.0, "0 of 6 cases")

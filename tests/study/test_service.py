@@ -13,6 +13,7 @@ from study.errors import AuthError, Conflict, InvalidInput, NotFound, Permission
 from study.models import (ActivityEvent, Assignment, AuditLog, AuthSession, Clinician, SliceMask,
                           Submission, utcnow)
 from study.service import StudyService
+from tests.fakes import FakeSession
 
 
 def _counts(svc):
@@ -198,7 +199,7 @@ def test_ai_arm_stores_prompts_output_and_time(tmp_path, tiny_cohort):
     from .conftest import make_study
 
     svc, admin, code, sid = make_study(tmp_path, tiny_cohort, arms=["usam_b"])
-    svc.predictor_factory = _FakePredictor
+    svc.session_factory = lambda volume: FakeSession(_FakePredictor(volume))
     svc.model_name, svc.checkpoint_hash = "fake", "abc"
     tok, cv = _reader(svc, code, "gus")
     assert cv.arm == "usam_b"
