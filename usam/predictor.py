@@ -130,14 +130,14 @@ class VolumePredictor:
     reference path). Prompts are SlicePrompts in slice pixels (x = column, y = row), converted
     to the model frame here; model-frame Prompts (e.g. from usam.prompts.box_from_mask) pass.
 
-    prompt_rules (usam.prompt_rules; default all): a box confines the foreground, the classes
-    clicked are the classes drawn on that slice, a clicked class keeps the regions clicked.
-    "none" gives the network's own output.
+    prompt_rules (usam.prompt_rules; default none = the network's own output): post-processing,
+    named when asked for: "box" confines the foreground to a box, "gate" keeps the classes clicked,
+    "select" keeps a clicked class's regions that were clicked; "all" = the three.
     """
 
     def __init__(self, model: InferenceModel, volume: Any, metadata: dict | None = None,
                  device: str | torch.device | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 prompt_rules: str = "all") -> None:
+                 prompt_rules: str = "none") -> None:
         self.volume = volume
         self.metadata = dict(metadata or {})
         if not isinstance(model, (Usam, FastUsam)):

@@ -136,8 +136,10 @@ def test_one_inference_path_for_every_caller(model, reference):
 
 def test_prompt_rules_confine_the_output_to_the_box_and_the_clicked_class(model, volume):
     box = Prompts(boxes=[[60, 60, 150, 150]], box_classes=[0])
-    raw = VolumePredictor(model, volume, META, device="cpu", prompt_rules="none").predict(2, box)
-    ruled = VolumePredictor(model, volume, META, device="cpu").predict(2, box)  # default: all rules
+    raw = VolumePredictor(model, volume, META, device="cpu").predict(2, box)  # default: the network alone
+    np.testing.assert_array_equal(raw.labels, VolumePredictor(model, volume, META, device="cpu",
+                                                              prompt_rules="none").predict(2, box).labels)
+    ruled = VolumePredictor(model, volume, META, device="cpu", prompt_rules="all").predict(2, box)
     # the box at 224 covers slice rows ~24.6..64.6 (of 96) and cols ~20.5..54 (of 80), plus the margin
     outside = np.ones((96, 80), bool)
     outside[20:70, 16:59] = False
