@@ -38,14 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "manifest", "npz"])
     p.add_argument("--split", default="test", choices=D.SPLITS)
     p.add_argument("--prompt", default="all", help="none, points1, points3, points5, box, a comma list, or all")
-    p.add_argument("--protocol", default="case3d", choices=PROTOCOLS + ("both", "interactive"),
+    p.add_argument("--protocol", default="case3d", choices=PROTOCOLS + ("both", "interactive", "clicks"),
                    help="case3d: per case in 3D at native resolution (logits upsampled); "
                         "reference: the public code's global slice-level Dice/IoU at 224; interactive: "
-                        "corrective clicks per slice from a start (usam/evaluation/interactive.py)")
-    p.add_argument("--start", default="all", help="interactive: box, none, a comma list, or all")
+                        "corrective clicks per slice from a start (usam/evaluation/interactive.py); clicks: "
+                        "what one click does, and how far (usam/evaluation/click_response.py)")
+    p.add_argument("--start", default="all", help="interactive, clicks: box, none, a comma list, or all")
     p.add_argument("--clicks", type=int, default=5, help="interactive: corrective clicks per slice (default 5)")
     p.add_argument("--noc-clicks", type=int, default=20, help="interactive: NoC's click limit (default 20)")
-    p.add_argument("--no-mask-prompt", action="store_true", help="interactive: do not feed the previous logits back")
+    p.add_argument("--no-mask-prompt", action="store_true",
+                   help="interactive, clicks: do not feed the previous logits back")
     p.add_argument("--prompt-rules", default="none",
                    help="constrain the output to what prompts state (usam/prompt_rules.py): box = foreground "
                         "inside the box, gate = only the classes clicked, select = only the regions clicked; "
@@ -56,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="npz layout: share of train/ that is val")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
+    p.add_argument("--limit", "--max-cases", type=int, default=None, help="evaluate only the first N cases")
     p.add_argument("--out", default=None, help="write NAME.md, NAME.csv, NAME_cases.csv and NAME.json here")
     p.add_argument("--name", default="eval", help="file name stem of the outputs (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
@@ -313,13 +315,13 @@ def run(args: argparse.Namespace) -> int:
 
     modes = parse_prompt_modes(args.prompt)
     parse_rules(args.prompt_rules)  # a typo fails before the checkpoint loads
-    if args.protocol == "interactive":
+    if args.protocol in ("interactive", "clicks"):
         from usam.evaluation.interactive import parse_starts
 
         parse_starts(args.start)
     protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
     fmt = D.detect_format(args.data) if args.format == "auto" else args.format
-    if fmt == "npz" and ("case3d" in protocols or "interactive" in protocols):
+    if fmt == "npz" and {"case3d", "interactive", "clicks"} & set(protocols):
         raise UsamError("the npz layout holds single 224 slices without spacing: use --protocol reference")
     ckpt = resolve_weights(args.checkpoint, args.checkpoint_env)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -348,6 +350,10 @@ def run(args: argparse.Namespace) -> int:
         from usam.evaluation.interactive_report import run_interactive
 
         return run_interactive(args, model, window, cases(), result)
+    if args.protocol == "clicks":
+        from usam.evaluation.click_response_report import run_clicks
+
+        return run_clicks(args, model, window, cases(), result)
     source = cases
     if len(protocols) > 1 and fmt == "manifest" and n_cases <= 16:
         loaded = list(cases())  # a few volumes: read them once for both protocols
