@@ -42,7 +42,7 @@ def checked_window(width: Any, level: Any) -> Window:
 def set_window(s: Session, width: float, level: float) -> None:
     """Manual display window (never changes the model input)."""
     s.window = checked_window(width, level)
-    s.actions.append({"op": "window", "width": s.window.width, "level": s.window.level})
+    s.note({"op": "window", "width": s.window.width, "level": s.window.level})
 
 
 def set_window_preset(s: Session, name: str) -> None:

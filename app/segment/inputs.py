@@ -1,5 +1,5 @@
-"""Checks of the values a UI event or an API client sends (every input is hostile): numbers, slices,
-pixels, the names of uploads."""
+"""Checks of the values a UI event or an API client sends (every input is hostile) that the library does
+not check itself: numbers of the page's own controls, upload names (slices, pixels, classes: usam.interactive)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from app.segment.session import Session
 from usam.errors import PromptError
 
 
@@ -22,29 +21,6 @@ def as_number(v: Any, what: str) -> float:
     if not math.isfinite(f):
         raise PromptError(f"{what} must be a finite number")
     return f
-
-
-def range_numbers(start: Any, end: Any) -> tuple[float | None, float | None]:
-    """The first and last slice of a range as numbers (None: the volume's end)."""
-    return (None if start is None else as_number(start, "the first slice"),
-            None if end is None else as_number(end, "the last slice"))
-
-
-def check_z(s: Session, z: int | float | None) -> int:
-    """The slice an action applies to (default: the current one), validated."""
-    z = s.z if z is None else int(round(as_number(z, "the slice index")))
-    if not 0 <= z < s.nz:
-        raise PromptError(f"slice {z} is outside the volume (0..{s.nz - 1})")
-    return z
-
-
-def check_xy(s: Session, x: Any, y: Any) -> tuple[float, float]:
-    """A pixel position (x = column, y = row) that must lie on the slice."""
-    h, w = s.slice_shape
-    x, y = as_number(x, "x"), as_number(y, "y")
-    if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
-        raise PromptError(f"the point ({x:.1f}, {y:.1f}) is outside the {w} × {h} slice")
-    return x, y
 
 
 _NAME_CHARS = re.compile(r"[^\w .()+\-]+", re.UNICODE)

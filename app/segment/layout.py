@@ -14,7 +14,7 @@ from app.render import CUSTOM_PRESET, DEFAULT_PRESET, WINDOW_PRESETS
 from app.segment import display, loading, prompts, replay, results, runs
 from app.segment.opening import DEMO_CASES
 from app.segment.runs import BATCH_HINT
-from app.segment.session import CLASS_CHOICES, MODES
+from app.segment.session import CLASS_CHOICES, MODES, RULE_CHOICES
 from app.viewer import VIEWER_CSS, VIEWER_HTML, VIEWER_JS
 
 CLASS_LABELS = list(CLASS_CHOICES)  # ["Normal rectum", "Tumor"]
@@ -84,9 +84,11 @@ def build_tabs(ui: SegmentUI) -> None:
                     ui.vol_info = gr.Markdown(elem_id="usam-volinfo")
                 with gr.Group():
                     gr.Markdown("### Prompt")
-                    gr.Markdown("Click each structure present on the slice with its class: a class "
-                                "you do not click is left out, and a clicked class keeps the regions you "
-                                "clicked. A box keeps the result inside it.", elem_id="usam-prompt-help")
+                    gr.Markdown("Each click corrects the slice's current output (its previous mask goes "
+                                "back to the model with the new prompt): a positive point of a class where "
+                                "it is missing, a negative point where it is wrong. Clear starts the slice "
+                                "afresh. The overlay is the network's own unless prompt rules are on.",
+                                elem_id="usam-prompt-help")
                     ui.mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id="usam-mode")
                     ui.cls = gr.Radio(CLASS_LABELS, value=CLASS_LABELS[0], label="Point class",
                                       elem_id="usam-class")
@@ -98,6 +100,11 @@ def build_tabs(ui: SegmentUI) -> None:
                         ui.clear_btn = gr.Button("✕ Clear slice", size="sm", variant="secondary",
                                                  elem_classes=["usam-btn"])
                     ui.auto_btn = gr.Button("Segment this slice without prompts", size="sm", elem_classes=["usam-btn"])
+                    # post-processing of the output from what the prompts say (usam.prompt_rules): off by
+                    # default; the status line under the slice names it while it is on
+                    ui.rules = gr.Radio(list(RULE_CHOICES), value=next(iter(RULE_CHOICES)),
+                                        label="Prompt rules (post-processing of the next prompts)",
+                                        elem_id="usam-rules")
                 with gr.Group():
                     gr.Markdown("### Whole volume")
                     with gr.Row():

@@ -13,6 +13,7 @@ from app.context import AppContext
 from app.segment.events import Events, guard, on, view_outputs
 from app.segment.inputs import md, upload_name
 from app.segment.opening import DEMO_CASES, load_demo, memory_grant, start_session
+from app.segment.prompts import set_prompt_rules
 from app.segment.results import reference_text
 from app.segment.runs import BATCH_HINT
 from app.segment.session import Session
@@ -115,6 +116,7 @@ class LoadingEvents(Events):
         """Keep the user's display settings across volumes; free the old session's files."""
         if isinstance(old, Session):
             new.window, new.opacity, new.visible, new.mode, new.cls = old.window, old.opacity, old.visible, old.mode, old.cls
+            set_prompt_rules(new, old.rules)   # the page's choice stays; the new session file records it
             old.close()
 
     @guard

@@ -1,4 +1,4 @@
-"""Opening a volume in a session: the demo cases, the memory budgets, a fresh Session with its predictor."""
+"""Opening a volume in a session: the demo cases, the memory budgets, a fresh Session with its InteractiveSession."""
 from __future__ import annotations
 
 import contextlib
@@ -68,7 +68,8 @@ def memory_grant(ctx: AppContext) -> Iterator[int]:
 
 def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndarray | None = None,
                   is_upload: bool = False) -> Session:
-    """A fresh session on a volume: empty label map, new predictor, viewer on the middle slice."""
+    """A fresh session on a volume: a new InteractiveSession (empty label map, the network alone, the
+    server's prompt and undo limits), viewer on the middle slice (on the rectum for a demo case)."""
     from usam.volumes import volume_hash
 
     arr = np.asarray(volume.array)
@@ -76,10 +77,9 @@ def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndar
         raise VolumeError(f"expected a 3-D volume, got shape {arr.shape}")
     check_session_memory(ctx, arr.shape)
     lim = ctx.config.limits
-    s = Session(volume=volume, volume_hash=volume_hash(volume), name=name,
-                labels=np.zeros(arr.shape, dtype=np.uint8), is_upload=is_upload, max_points=lim.max_points_per_slice,
-                max_history=lim.max_history, max_history_bytes=lim.max_history_mb << 20)
-    s.predictor = ctx.new_predictor(volume)
+    inter = ctx.new_interactive(volume, rules="none", max_points_per_slice=lim.max_points_per_slice,
+                                max_history=lim.max_history, max_history_mb=lim.max_history_mb)
+    s = Session(volume=volume, volume_hash=volume_hash(volume), name=name, interactive=inter, is_upload=is_upload)
     if ground_truth is not None:
         s.ground_truth = np.asarray(ground_truth, dtype=np.uint8)
         s.reference, s.reference_name = s.ground_truth, "phantom ground truth"
@@ -88,7 +88,7 @@ def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndar
     else:
         s.z = arr.shape[0] // 2
     s.cross_xy = (arr.shape[2] // 2, arr.shape[1] // 2)
-    s.actions.append({"op": "load", "volume_hash": s.volume_hash})
+    s.note({"op": "load", "volume_hash": s.volume_hash})
     _LIVE[id(s)] = s
     return s
 

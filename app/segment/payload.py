@@ -33,14 +33,15 @@ def viewer_payload(s: Session) -> dict[str, Any]:
     views = reformat_views(np.asarray(s.volume.array), s.labels, s.volume.spacing, z,
                            s.cross_xy or (w // 2, h // 2), s.window, s.opacity, s.visible)
     s.view_nonce += 1
-    hist = s.histories.get(z)
+    inter = s.interactive
+    items = inter.prompts(z)
     return {
         "slice": slice_png(s, z), "overlay": overlay, "w": w, "h": h, "z": z, "nz": s.nz,
         "sx": sx, "sy": sy, "sz": sz, "opacity": s.opacity,
-        "points": [[p.x, p.y, p.label, p.cls] for p in s.prompts(z) if p.kind == "point"],
-        "box": next((list(p.box) for p in reversed(s.prompts(z)) if p.kind == "box"), None),
-        "mode": _MODE_KEYS.get(s.mode, "pos"), "cls": s.cls, "locked": s.locked(z),
-        "can_undo": bool(hist and hist.can_undo), "can_redo": bool(hist and hist.can_redo),
+        "points": [[p.x, p.y, p.label, p.cls] for p in items if p.kind == "point"],
+        "box": next((list(p.box) for p in reversed(items) if p.kind == "box"), None),
+        "mode": _MODE_KEYS.get(s.mode, "pos"), "cls": s.cls, "locked": inter.locked(z),
+        "can_undo": inter.can_undo(z), "can_redo": inter.can_redo(z), "rules": s.rules,
         "window": [s.window.width, s.window.level],
         "sag": png_data_url(views["sagittal"]), "cor": png_data_url(views["coronal"]),
         "cross": list(s.cross_xy) if s.cross_xy else None, "ack": s.ack,
@@ -61,9 +62,10 @@ def timing_text(s: Session, server_ms: float | None = None) -> str:
 
 
 def slice_status(s: Session) -> str:
-    """Slice number, lock state and prompt count."""
+    """Slice number, lock state, prompt count and, when on, the prompt rules (post-processing is never hidden)."""
     z = s.z
-    n = len(s.prompts(z))
-    lock = " · **corrected, locked** (batch runs keep it)" if s.locked(z) else ""
+    n = len(s.interactive.prompts(z))
+    lock = " · **corrected, locked** (range runs keep it, propagation stops at it)" if s.interactive.locked(z) else ""
+    rules = f" · **prompt rules: {s.rules}** (post-processing on)" if s.rules != "none" else ""
     return (f"Slice **{z}** (slices 0–{s.nz - 1}, {s.nz} in all){lock} · {n} prompt{'s' if n != 1 else ''} "
-            "on this slice")
+            f"on this slice{rules}")

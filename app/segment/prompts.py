@@ -1,15 +1,16 @@
-"""Prompts on one slice: points and boxes, undo / redo / clear, a slice without prompts; each re-runs the decoder."""
+"""Prompts on one slice through the session's InteractiveSession: points and boxes, undo / redo / clear,
+a slice without prompts, the prompt rules. Every prompt feeds the slice's previous mask back to the
+decoder (each click corrects the output); clear starts the slice afresh."""
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
-import numpy as np
 
 from app.segment.events import QUIET, Events, event_data, guard, on, view_outputs
-from app.segment.inputs import as_number, check_xy, check_z
-from app.segment.session import CLASS_CHOICES, MODES, PromptItem, Session
+from app.segment.inputs import as_number
+from app.segment.session import CLASS_CHOICES, MODES, RULE_CHOICES, Session
 from usam.errors import PromptError
 
 if TYPE_CHECKING:
@@ -18,108 +19,84 @@ if TYPE_CHECKING:
 TIMINGS_KEPT = 200   # per session: the bench reads them
 
 
-def model_prompts(items: tuple[PromptItem, ...]) -> Any:
-    """Session prompts -> usam.prompts.SlicePrompts in slice pixels (None if empty); the library converts."""
-    from usam.prompts import SlicePrompts
-
-    pts = [p for p in items if p.kind == "point"]
-    boxes = [p for p in items if p.kind == "box"][-1:]  # one box per slice: the latest
-    if not pts and not boxes:
-        return None
-    return SlicePrompts(points=[[p.x, p.y] for p in pts], point_labels=[p.label for p in pts],
-                        point_classes=[p.cls for p in pts], boxes=[list(b.box) for b in boxes],
-                        box_classes=[0] * len(boxes))  # union box, as U-SAM/B
+def _slice(s: Session, z: Any) -> Any:
+    """The slice an action applies to: the current one when none is given (the library checks it)."""
+    return s.z if z is None else z
 
 
-def predict_slice(s: Session, z: int, prompts: Any, n_prompts: int) -> np.ndarray:
-    """Run the predictor on slice z (prompts: SlicePrompts or None); records the timing shown in the page."""
+def _timed(s: Session, call: Callable[[], Any]) -> Any:
+    """Run one model call of the interactive session; its timing becomes the line the page shows."""
     t0 = time.perf_counter()
-    res = s.predictor.predict(z, prompts)
-    s.last_timing = {"z": z, "decoder_ms": float(res.decoder_ms), "encoder_ms": float(res.encoder_ms),
+    res = call()
+    s.last_timing = {"z": res.z, "decoder_ms": float(res.decoder_ms), "encoder_ms": float(res.encoder_ms),
                      "cached": bool(res.cached), "predict_ms": (time.perf_counter() - t0) * 1000.0,
-                     "prompts": n_prompts}
+                     "prompts": len(res.prompts)}
     s.timings.append(s.last_timing)
     del s.timings[:-TIMINGS_KEPT]
-    return np.asarray(res.labels, dtype=np.uint8)
+    s.z = res.z
+    return res
 
 
-def _check_prompt_count(s: Session, z: int, kept: tuple[PromptItem, ...]) -> None:
-    """At most s.max_points prompts on one slice (each one re-runs the decoder and adds an undo state)."""
-    if len(kept) >= s.max_points:
-        raise PromptError(f"slice {z} already has {len(kept)} prompts (at most {s.max_points}): "
-                          "undo or clear some first")
+def add_point(s: Session, x: float, y: float, positive: bool = True, cls: int = 1, z: int | None = None) -> Any:
+    """A positive / negative point of a class on a slice: re-predicted with its previous mask, locked."""
+    res = _timed(s, lambda: s.interactive.add_point(_slice(s, z), x, y, cls, positive=positive))
+    s.cross_xy = (int(round(float(x))), int(round(float(y))))
+    return res
 
 
-def _commit_prompts(s: Session, z: int, items: tuple[PromptItem, ...]) -> None:
-    """Predict slice z with these prompts and make the result its current, locked state."""
-    s.commit(z, items, predict_slice(s, z, model_prompts(items), len(items)), locked=True)
-
-
-def add_point(s: Session, x: float, y: float, positive: bool = True, cls: int = 1, z: int | None = None) -> None:
-    """A positive / negative point of a class on a slice; the slice is re-predicted and locked."""
-    z = check_z(s, z)
-    x, y = check_xy(s, x, y)
-    if int(cls) not in (1, 2):
-        raise PromptError("the point class must be 1 (normal rectum) or 2 (tumor)")
-    item = PromptItem("point", x, y, 1 if positive else 0, int(cls))
-    _check_prompt_count(s, z, s.prompts(z))
-    _commit_prompts(s, z, s.prompts(z) + (item,))
-    s.z, s.cross_xy = z, (int(round(x)), int(round(y)))
-    s.actions.append({"op": "point", "z": z, **item.to_dict()})
-
-
-def add_box(s: Session, x0: float, y0: float, x1: float, y1: float, z: int | None = None) -> None:
-    """A box on a slice (replaces that slice's previous box); re-predicted and locked."""
-    z = check_z(s, z)
-    x0, y0 = check_xy(s, x0, y0)
-    x1, y1 = check_xy(s, x1, y1)
-    if abs(x1 - x0) < 1 or abs(y1 - y0) < 1:
-        raise PromptError("the box is too small: drag across the structure")
-    item = PromptItem.from_dict({"kind": "box", "box": [x0, y0, x1, y1]})
-    kept = tuple(p for p in s.prompts(z) if p.kind != "box")
-    _check_prompt_count(s, z, kept)
-    _commit_prompts(s, z, kept + (item,))
-    s.z, s.cross_xy = z, (int(round((x0 + x1) / 2)), int(round((y0 + y1) / 2)))
-    s.actions.append({"op": "box", "z": z, **item.to_dict()})
-
-
-def _step(s: Session, z: int | None, op: str) -> bool:
-    """Undo ('undo') or redo ('redo') one action on a slice; False when there is nothing to step to."""
-    z = check_z(s, z)
-    h = s.histories.get(z)
-    snap = (h.undo() if op == "undo" else h.redo()) if h else None
-    if snap is None:
-        return False
-    s.restore(z, snap)
-    s.z = z
-    s.actions.append({"op": op, "z": z})
-    return True
+def add_box(s: Session, x0: float, y0: float, x1: float, y1: float, z: int | None = None) -> Any:
+    """A box (all foreground, class 0) on a slice, replacing its previous box; re-predicted, locked."""
+    res = _timed(s, lambda: s.interactive.add_box(_slice(s, z), x0, y0, x1, y1, cls=0))
+    s.cross_xy = (int(round((float(x0) + float(x1)) / 2)), int(round((float(y0) + float(y1)) / 2)))
+    return res
 
 
 def undo(s: Session, z: int | None = None) -> bool:
     """Step back one action on a slice; False when there is nothing to undo."""
-    return _step(s, z, "undo")
+    res = s.interactive.undo(_slice(s, z))
+    s.z = res.z
+    return res.changed
 
 
 def redo(s: Session, z: int | None = None) -> bool:
     """Step forward one action on a slice; False when there is nothing to redo."""
-    return _step(s, z, "redo")
+    res = s.interactive.redo(_slice(s, z))
+    s.z = res.z
+    return res.changed
 
 
 def clear_slice(s: Session, z: int | None = None) -> None:
-    """Remove a slice's prompts and mask (undoable); the slice is unlocked again."""
-    z = check_z(s, z)
-    s.commit(z, (), np.zeros(s.slice_shape, np.uint8), locked=False)
-    s.z = z
-    s.actions.append({"op": "clear", "z": z})
+    """Remove a slice's prompts, mask and previous mask (undoable): its next prompt starts afresh."""
+    s.z = s.interactive.clear(_slice(s, z)).z
 
 
 def segment_slice(s: Session, z: int | None = None) -> None:
-    """Segment one slice without prompts (undoable; replaces its prompts)."""
-    z = check_z(s, z)
-    s.commit(z, (), predict_slice(s, z, None, 0), locked=False)
-    s.z = z
-    s.actions.append({"op": "segment_slice", "z": z})
+    """Segment one slice without prompts and without its previous mask (undoable; replaces its prompts)."""
+    _timed(s, lambda: s.interactive.segment(_slice(s, z)))
+
+
+def set_prompt_rules(s: Session, rules: str) -> None:
+    """Prompt rules for the next prompts: 'none' (the network alone), 'box' or 'all' (or their page labels).
+
+    Post-processing, named: the page shows it while it is on; recorded in the session file."""
+    from usam.prompt_rules import parse_rules
+
+    name = RULE_CHOICES.get(rules, rules) if isinstance(rules, str) else rules
+    if name not in RULE_CHOICES.values():
+        raise PromptError(f"unknown prompt rules {str(rules)[:40]!r}; choose from {', '.join(RULE_CHOICES.values())}")
+    if name == s.rules:
+        return
+    inter = s.interactive
+    # InteractiveSession takes its rules when it is made and has no setter yet: the predictor's rules and
+    # the session's setting change together here (the app's own 'rules' op records it in the session file)
+    inter.predictor._rules = parse_rules(name)
+    inter.settings["rules"] = name
+    s.note({"op": "rules", "rules": name})
+
+
+def rules_label(s: Session) -> str:
+    """The page's label of the session's prompt rules."""
+    return next((k for k, v in RULE_CHOICES.items() if v == s.rules), s.rules)
 
 
 def _api_z(z: Any) -> Any:
@@ -128,7 +105,7 @@ def _api_z(z: Any) -> Any:
 
 
 class PromptEvents(Events):
-    """Events of the viewer's prompts and the slice buttons."""
+    """Events of the viewer's prompts, the slice buttons and the prompt rules."""
 
     @guard
     def add_point(self, s: Session | None, x: float, y: float, z: float, mode_name: str, cls_name: str,
@@ -140,7 +117,7 @@ class PromptEvents(Events):
         data = event_data(evt)
         if data:
             x, y, zz = data["x"], data["y"], data.get("z")
-            positive, c = bool(data.get("label", 1)), int(data.get("cls", s.cls))
+            positive, c = data.get("label", 1) in (1, True), data.get("cls", s.cls)
         else:
             zz = _api_z(z)
             positive, c = mode_name != MODES[1], CLASS_CHOICES.get(cls_name, s.cls)
@@ -171,7 +148,7 @@ class PromptEvents(Events):
     def _ack(s: Session, data: dict) -> None:
         """Remember the browser's prompt sequence number so it can drop its provisional marks."""
         if "seq" in data:
-            s.ack = max(s.ack, int(data["seq"]))
+            s.ack = max(s.ack, int(as_number(data["seq"], "the prompt sequence number")))
 
     def _slice_op(self, s: Session | None, op: Callable[[Session], Any], verb: str) -> tuple:
         t0 = time.perf_counter()
@@ -200,9 +177,17 @@ class PromptEvents(Events):
         """Segment the current slice without prompts (undoable)."""
         return self._slice_op(s, segment_slice, "segment")
 
+    @guard
+    def set_prompt_rules(self, s: Session | None, rules: str):
+        """Prompt rules (post-processing) for the next prompts: off (the network alone), box or all."""
+        s = self.ensure(s)
+        set_prompt_rules(s, rules)
+        return self.view(s)
+
 
 def wire(ui: "SegmentUI", ev: PromptEvents) -> None:
-    """The viewer's point and box events (browser event data, or the hidden API inputs) and the slice buttons."""
+    """The viewer's point and box events (browser event data, or the hidden API inputs), the slice buttons
+    and the prompt rules."""
     view = view_outputs(ui)
     on(ui, ui.viewer.point, ev.add_point, [ui.state, ui.api_x, ui.api_y, ui.api_z, ui.mode, ui.cls], view,
        "add_point", gpu=True, trigger_mode="multiple", **QUIET)
@@ -212,3 +197,4 @@ def wire(ui: "SegmentUI", ev: PromptEvents) -> None:
     on(ui, ui.redo_btn.click, ev.redo, [ui.state], view, "redo", **QUIET)
     on(ui, ui.clear_btn.click, ev.clear_slice, [ui.state], view, "clear_slice", **QUIET)
     on(ui, ui.auto_btn.click, ev.segment_slice, [ui.state], view, "segment_slice", gpu=True, **QUIET)
+    on(ui, ui.rules.input, ev.set_prompt_rules, [ui.state, ui.rules], view, "set_prompt_rules", **QUIET)

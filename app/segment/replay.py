@@ -1,4 +1,11 @@
-"""The session file: every action with its prompts, written as JSON and replayed to re-create the masks."""
+"""The session file: every action with its prompts, written as JSON and replayed to re-create the masks.
+
+The file's actions are the InteractiveSession's log (usam.interactive.log: prompts, undo / redo,
+runs, in slice pixels) with the app's own ops in their places: "load", "window" (display only)
+and "rules" (the prompt rules chosen in the page). Replaying dispatches the library's ops to
+InteractiveSession.apply and handles the app's here. Version 1 files (before the library session:
+boxes without a class, the prompt rules always on) replay with the rules on ("all"), as recorded.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,17 +15,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gradio as gr
 import numpy as np
 
 from app.context import AppContext
 from app.settings import AppLimits
-from app.segment import display, prompts, runs
+from app.segment import display, prompts
 from app.segment.events import Events, guard, on, view_outputs
-from app.segment.inputs import range_numbers
 from app.segment.opening import start_session
 from app.segment.results import json_default, safe_stem
-from app.segment.session import Session, clamp_range
-from usam.errors import PromptError, UsamError, VolumeError
+from app.segment.session import Session
+from usam.errors import UsamError, VolumeError
+from usam.interactive import LIBRARY_OPS
+from usam.interactive.log import action_cost
 
 if TYPE_CHECKING:
     from app.segment.layout import SegmentUI
@@ -26,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("usam.app")
 
 SESSION_FORMAT = "usam-studio-session"
+SESSION_VERSION = 2        # 2: the library's log (previous masks fed back, rules op); 1: the app's own log
+OLD_FILE_RULES = "all"     # what version 1 files were recorded with (the app's default then)
 
 
 def label_bytes_sha256(labels: np.ndarray) -> str:
@@ -34,18 +45,29 @@ def label_bytes_sha256(labels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.uint8).tobytes()).hexdigest()
 
 
+def file_actions(s: Session) -> list[dict[str, Any]]:
+    """The session's actions for its file: the library's log with the app's own ops in their places."""
+    lib, out, i = s.interactive.actions, [], 0
+    for pos, a in s.view_actions:
+        out += lib[i:pos]
+        out.append(dict(a))
+        i = max(i, pos)
+    return out + [dict(a) for a in lib[i:]]
+
+
 def session_dict(s: Session, ctx: AppContext) -> dict[str, Any]:
     """The session as JSON: volume hash, model hash, every action with its prompts, the window."""
     info = ctx.weights_info()
     return {
-        "format": SESSION_FORMAT, "version": 1,
+        "format": SESSION_FORMAT, "version": SESSION_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "volume": {"sha256": s.volume_hash, "name": s.name, "shape": list(s.labels.shape),
                    "spacing": [float(t) for t in s.volume.spacing]},
         "model": {"sha256": info.sha256, "weights_kind": info.kind, "weights": info.label},
         "window": {"width": s.window.width, "level": s.window.level},
         "display": {"opacity": s.opacity, "visible": list(s.visible)},
-        "actions": s.actions,
+        "prompt_rules": s.rules,
+        "actions": file_actions(s),
         "result": {"labels_sha256": label_bytes_sha256(s.labels),
                    "voxels": {str(c): int((s.labels == c).sum()) for c in (1, 2)}},
     }
@@ -81,54 +103,33 @@ def read_session_file(path: str | Path, max_bytes: int = AppLimits().max_session
     return d
 
 
-# op -> the keys its recorded action must carry
-ACTION_KEYS = {"load": (), "point": ("x", "y", "label", "z"), "box": ("box", "z"), "undo": ("z",), "redo": ("z",),
-               "clear": ("z",), "segment_slice": ("z",), "segment_volume": ("start", "end"),
-               "propagate": ("start", "end"), "window": ("width", "level")}
+# the app's own ops -> the keys they must carry (every other op is the library's: usam.interactive.log)
+APP_ACTION_KEYS = {"load": (), "window": ("width", "level"), "rules": ("rules",)}
 
 
-def _action_cost(s: Session, a: dict[str, Any]) -> int:
+def _action_cost(s: Session, a: Any) -> int:
     """Model runs an action costs (a range: its slices); checks the action's form on the way."""
-    if not isinstance(a, dict):
-        raise VolumeError("a session action is not an object")
-    op = a.get("op")
-    if not isinstance(op, str) or op not in ACTION_KEYS:
-        raise VolumeError(f"unknown action {str(op)[:30]!r} in the session file")
-    missing = [k for k in ACTION_KEYS[op] if k not in a]
-    if missing:
-        raise VolumeError(f"a {op!r} action lacks {', '.join(missing)}")
-    if op == "box" and (not isinstance(a["box"], (list, tuple)) or len(a["box"]) != 4):
-        raise VolumeError("a 'box' action needs four coordinates")
-    if op in ("segment_volume", "propagate"):
-        lo, hi = clamp_range(*range_numbers(a["start"], a["end"]), s.nz)
-        return abs(hi - lo) + 1
-    return 1 if op in ("point", "box", "segment_slice") else 0
+    if isinstance(a, dict) and a.get("op") in APP_ACTION_KEYS:
+        missing = [k for k in APP_ACTION_KEYS[a["op"]] if k not in a]
+        if missing:
+            raise VolumeError(f"a {a['op']!r} action lacks {', '.join(missing)}")
+        return 0
+    try:
+        return action_cost(a, s.nz)
+    except UsamError as exc:
+        raise VolumeError(f"{exc} in the session file") from None
 
 
 def apply_action(s: Session, a: dict[str, Any]) -> None:
-    """Re-apply one recorded action to a session (the replay step), through the live handlers' checks."""
+    """Re-apply one recorded action to a session (the replay step), through the live calls' checks."""
     _action_cost(s, a)
     op = a["op"]
-    if op == "point":
-        if a["label"] not in (0, 1, True, False) or a.get("cls", 1) not in (1, 2):
-            raise PromptError("a point's label must be 0 or 1 and its class 1 or 2")
-        prompts.add_point(s, a["x"], a["y"], bool(a["label"]), int(a.get("cls", 1)), z=a["z"])
-    elif op == "box":
-        prompts.add_box(s, *a["box"], z=a["z"])
-    elif op == "undo":
-        prompts.undo(s, a["z"])
-    elif op == "redo":
-        prompts.redo(s, a["z"])
-    elif op == "clear":
-        prompts.clear_slice(s, a["z"])
-    elif op == "segment_slice":
-        prompts.segment_slice(s, a["z"])
-    elif op == "segment_volume":
-        runs.segment_volume(s, a["start"], a["end"])
-    elif op == "propagate":
-        runs.propagate_box(s, a["start"], a["end"], margin=a.get("margin", 2.0))
+    if op in LIBRARY_OPS:
+        s.interactive.apply(a)
     elif op == "window":
         display.set_window(s, a["width"], a["level"])
+    elif op == "rules":
+        prompts.set_prompt_rules(s, a["rules"])
     # "load" starts the file: the session it is replayed on has it already
 
 
@@ -156,7 +157,10 @@ def replay_session(ctx: AppContext, data: dict[str, Any], base: Session) -> tupl
         window = display.checked_window(w.get("width"), w.get("level"))
     s = start_session(ctx, base.volume, base.name, base.ground_truth, is_upload=base.is_upload)
     s.reference, s.reference_name = base.reference, base.reference_name
+    old_file = data.get("version", 1) == 1
     try:
+        if old_file:
+            prompts.set_prompt_rules(s, OLD_FILE_RULES)
         for i, a in enumerate(actions):
             try:
                 apply_action(s, a)
@@ -175,6 +179,7 @@ def replay_session(ctx: AppContext, data: dict[str, Any], base: Session) -> tupl
         "actions": len(actions),
         "same_model": data.get("model", {}).get("sha256") == info.sha256,
         "labels_match": data.get("result", {}).get("labels_sha256") == label_bytes_sha256(s.labels),
+        "old_file": old_file,
     }
     return s, report
 
@@ -195,16 +200,19 @@ class ReplayEvents(Events):
         path = self.upload_path(path)
         data = read_session_file(path, max_bytes=self.ctx.config.limits.max_session_file_kb << 10)
         new, rep = replay_session(self.ctx, data, s)
-        new.opacity, new.visible, new.mode, new.cls = s.opacity, s.visible, s.mode, s.cls  # window: the session's
+        new.opacity, new.visible, new.mode, new.cls = s.opacity, s.visible, s.mode, s.cls  # window, rules: the file's
         s.close()
         msg = (f"Replayed {rep['actions']} actions. Masks "
                + ("**identical** to the recorded ones." if rep["labels_match"] else "**differ** from the recorded ones.")
-               + ("" if rep["same_model"] else " The session was recorded with other weights."))
-        return self.view(new) + (msg,)
+               + ("" if rep["same_model"] else " The session was recorded with other weights.")
+               + (" It was recorded by an earlier version of the app, with the prompt rules on (all): replayed "
+                  "with them, each prompt now also fed its slice's previous mask." if rep["old_file"] else ""))
+        return self.view(new) + (msg, gr.update(value=prompts.rules_label(new)))
 
 
 def wire(ui: "SegmentUI", ev: ReplayEvents) -> None:
     """The session export button and the replay upload (its message beside the upload)."""
     on(ui, ui.sess_btn.click, ev.export_session, [ui.state], [ui.state, ui.files], "export_session")
-    on(ui, ui.sess_upload.upload, ev.replay_session, [ui.state, ui.sess_upload], view_outputs(ui) + [ui.replay_info],
-       "replay_session", gpu=True, show_progress_on=[ui.replay_info])
+    # the rules radio last: the file's prompt rules are the replayed session's
+    on(ui, ui.sess_upload.upload, ev.replay_session, [ui.state, ui.sess_upload],
+       view_outputs(ui) + [ui.replay_info, ui.rules], "replay_session", gpu=True, show_progress_on=[ui.replay_info])

@@ -11,11 +11,9 @@ import numpy as np
 
 from app import ood
 from app.segment.events import Events, guard, on, progress_fn, view_outputs
-from app.segment.inputs import as_number, range_numbers
-from app.segment.prompts import predict_slice
+from app.segment.inputs import as_number
 from app.segment.results import ood_findings
-from app.segment.session import Session, clamp_range
-from usam.errors import PromptError
+from app.segment.session import Session
 
 if TYPE_CHECKING:
     from app.segment.layout import SegmentUI
@@ -23,63 +21,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("usam.app")
 
 Progress = Callable[[float, str], Any] | None
-BATCH_HINT = "Corrected (prompted) slices are locked: batch runs keep them."
+BATCH_HINT = ("Corrected (prompted) slices are locked: a range run keeps them, and propagation stops at them "
+              "(it never runs through a slice you corrected).")
 UNCERTAINTY_SLICES = 4  # decoder runs on the most-foreground slices after a whole-volume run
+STOP_REASONS = {"empty": "the previous slice's mask was empty", "locked": "it is a corrected (locked) slice"}
 
 
-def _report(progress: Progress, done: int, total: int, what: str) -> None:
-    """Forward progress (fraction, text) to the UI's progress bar when there is one."""
-    if progress is not None:
-        progress(done / max(total, 1), f"{what} {done}/{total}")
+def _report(progress: Progress) -> Callable[[int, int], None] | None:
+    """The library's progress(done, total) forwarded to the UI's progress bar (fraction, text)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(done / max(total, 1), f"slices {done}/{total}")
+
+
+def _slice_in_volume(v: Any, nz: int, what: str) -> int:
+    """A From / To box's value as a slice of the volume (beyond its ends: its ends)."""
+    return int(np.clip(int(round(as_number(v, what))), 0, nz - 1))
 
 
 def segment_volume(s: Session, start: int | None = None, end: int | None = None,
-                   progress: Progress = None, batch_size: int = 8) -> dict[str, Any]:
-    """U-SAM without prompts over a slice range; locked (corrected) slices are kept."""
-    lo, hi = clamp_range(*range_numbers(start, end), s.nz)
-    if hi < lo:
-        lo, hi = hi, lo
-    todo = [z for z in range(lo, hi + 1) if not s.locked(z)]
+                   progress: Progress = None) -> dict[str, Any]:
+    """U-SAM without prompts over a slice range (None: the volume's ends), batched; locked slices are kept."""
     t0 = time.perf_counter()
-    if todo:
-        # batched encoder over the unlocked slices; progress after each batch
-        out = s.predictor.predict_volume(todo, batch_size=batch_size,
-                                         progress=lambda done, total: _report(progress, done, total, "slices"))
-        for z in todo:
-            s.overwrite_unlocked(z, out[z])
-    s.actions.append({"op": "segment_volume", "start": lo, "end": hi})
-    return {"start": lo, "end": hi, "segmented": len(todo), "kept_locked": (hi - lo + 1) - len(todo),
-            "seconds": time.perf_counter() - t0}
+    r = s.interactive.segment_volume(start, end, progress=_report(progress))
+    return {**r, "seconds": time.perf_counter() - t0}
 
 
 def propagate_box(s: Session, start: int | None = None, end: int | None = None,
                   progress: Progress = None, margin: float = 2.0) -> dict[str, Any]:
-    """From the start slice's mask, box-prompt each next slice with the previous slice's mask box.
+    """From the start slice's mask towards `end` (either direction): each next slice is prompted with the
+    previous slice's mask box, its logits fed as the mask prompt (usam InteractiveSession.propagate).
 
-    Runs towards `end` (either direction); stops where the previous mask is empty; locked
-    slices are kept and their masks seed the next slice.
-    """
-    from usam.prompts import slice_box_from_mask
-
-    margin = as_number(margin, "the propagation margin")
-    lo, hi = clamp_range(*range_numbers(start, end), s.nz)
-    if not s.labels[lo].any():
-        raise PromptError(f"slice {lo} has no mask to propagate from: segment or prompt it first")
-    step = 1 if hi >= lo else -1
-    zs = list(range(lo + step, hi + step, step))
-    done, stopped_at = 0, None
+    Stops where a mask comes out empty and at a corrected (locked) slice, which is kept as it is."""
+    nz = s.nz
+    lo = _slice_in_volume(s.z if start is None else start, nz, "the first slice")
+    hi = _slice_in_volume(nz - 1 if end is None else end, nz, "the last slice")
     t0 = time.perf_counter()
-    for i, z in enumerate(zs):
-        prev = s.labels[z - step]
-        if not prev.any():
-            stopped_at = z
-            break
-        if not s.locked(z):
-            s.overwrite_unlocked(z, predict_slice(s, z, slice_box_from_mask(prev, margin=margin), 1))
-            done += 1
-        _report(progress, i + 1, len(zs), "slices")
-    s.actions.append({"op": "propagate", "start": lo, "end": hi, "margin": margin})
-    return {"start": lo, "end": hi, "propagated": done, "stopped_at": stopped_at,
+    r = s.interactive.propagate(lo, hi, margin=margin, progress=_report(progress))
+    stop = r["stopped_at"][0] if r["stopped_at"] else None
+    return {"start": lo, "end": hi, "propagated": len(r["propagated"]), "slices": list(r["propagated"]),
+            "stopped_at": None if stop is None else stop["z"], "stop_reason": None if stop is None else stop["why"],
             "seconds": time.perf_counter() - t0}
 
 
@@ -90,7 +71,7 @@ def sample_uncertainty(s: Session, lo: int, hi: int) -> None:
     probs = []
     try:
         for z in zs:
-            probs.append(np.asarray(s.predictor.predict(z, None).probs))
+            probs.append(np.asarray(s.interactive.predictor.predict(z, None).probs))
     except Exception:  # the notice is advice: a failure here must not fail the run
         log.warning("uncertainty sampling failed:\n%s", traceback.format_exc())
     s.ood_model = ood.uncertainty_findings(ood.uncertainty_stats(probs))
@@ -112,10 +93,12 @@ class RunEvents(Events):
 
     @guard
     def propagate_box(self, s: Session | None, start: float, end: float, progress=gr.Progress()):
-        """Box-prompt each slice from start towards end with the previous slice's mask box."""
+        """Box-prompt each slice from start towards end with the previous slice's mask box (and its mask);
+        stops at an empty mask and at a corrected (locked) slice."""
         s = self.ensure(s)
         r = propagate_box(s, start, end, progress=progress_fn(progress))
-        stop = f" Stopped at slice {r['stopped_at']} (previous mask empty)." if r["stopped_at"] is not None else ""
+        stop = (f" Stopped at slice {r['stopped_at']}: {STOP_REASONS.get(r['stop_reason'], r['stop_reason'])}."
+                if r["stopped_at"] is not None else "")
         msg = (f"Propagated a box from slice {r['start']} towards {r['end']}: {r['propagated']} slices in "
                f"{r['seconds']:.1f} s.{stop}")
         return self.view(s) + (msg,)

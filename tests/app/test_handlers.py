@@ -10,6 +10,7 @@ import pytest
 from app import segment as H
 from app.settings import AppConfig, parse_config
 from app.render import decode_data_url
+from tests.app.conftest import paint
 from usam.errors import PromptError, UsamError, VolumeError
 
 
@@ -32,20 +33,43 @@ def test_start_session_opens_on_the_rectum(fake_session, small_case):
 def test_point_undo_redo_clear(fake_session):
     s = fake_session
     z = s.z
+    inter = s.interactive
     H.add_point(s, 40, 50, True, 1)
-    assert s.labels[z, 50, 40] == 1 and s.locked(z)
+    assert s.labels[z, 50, 40] == 1 and inter.locked(z)
     H.add_point(s, 60, 50, True, 2)
-    assert s.labels[z, 50, 60] == 2 and len(s.prompts(z)) == 2
+    assert s.labels[z, 50, 60] == 2 and len(inter.prompts(z)) == 2
     assert H.undo(s) and s.labels[z, 50, 60] == 0 and s.labels[z, 50, 40] == 1
-    assert H.undo(s) and not s.labels[z].any() and not s.locked(z)
+    assert H.undo(s) and not s.labels[z].any() and not inter.locked(z)
     assert H.undo(s) is False                      # nothing left
     assert H.redo(s) and H.redo(s) and s.labels[z, 50, 60] == 2
     assert H.redo(s) is False
     H.clear_slice(s)
-    assert not s.labels[z].any() and s.prompts(z) == () and not s.locked(z)
+    assert not s.labels[z].any() and inter.prompts(z) == () and not inter.locked(z)
     assert H.undo(s) and s.labels[z, 50, 60] == 2  # clear is undoable
     H.add_point(s, 45, 45, False, 1)               # a new action drops the redo branch
-    assert s.labels[z, 45, 45] == 0 and not s.histories[z].can_redo
+    assert s.labels[z, 45, 45] == 0 and not inter.can_redo(z)
+
+
+def test_every_click_feeds_the_slice_s_previous_mask_and_clear_starts_afresh(fake_session):
+    """Each prompt on a slice goes to the model with the slice's last logits (the click corrects that
+    output); the first prompt, a prompt after clear and 'segment this slice' start without one."""
+    s = fake_session
+    z, calls = s.z, s.interactive.predictor.calls
+    H.add_point(s, 40, 50, True, 1)
+    first = s.interactive.logits(z)
+    H.add_point(s, 60, 50, True, 2)
+    H.add_box(s, 30, 30, 90, 90)
+    assert calls[0][2] is None and calls[1][2] is first and calls[2][2] is not None
+    assert [len(c[1].points) for c in calls] == [1, 2, 2] and len(calls[2][1].boxes) == 1
+    assert H.undo(s) and s.interactive.logits(z) is not None and len(calls) == 3   # undo runs nothing
+    H.add_point(s, 45, 45, False, 1)
+    assert calls[-1][2] is not None and calls[-1][2].shape == (3, 224, 224)
+    H.clear_slice(s)
+    H.add_point(s, 40, 50, True, 1)
+    assert calls[-1][2] is None and len(calls[-1][1].points) == 1
+    H.segment_slice(s)
+    assert calls[-1][1] is None and calls[-1][2] is None
+    assert s.last_timing["z"] == z and s.last_timing["cached"]
 
 
 def test_box_replaces_previous_box_and_bad_prompts_change_nothing(fake_session):
@@ -53,16 +77,16 @@ def test_box_replaces_previous_box_and_bad_prompts_change_nothing(fake_session):
     z = s.z
     H.add_box(s, 10, 10, 30, 30)
     H.add_box(s, 50, 50, 70, 70)
-    assert [p.kind for p in s.prompts(z)] == ["box"]
+    assert [(p.kind, p.cls) for p in s.interactive.prompts(z)] == [("box", 0)]
     assert s.labels[z, 60, 60] == 1 and s.labels[z, 20, 20] == 0
-    before = s.labels.copy(), len(s.actions)
+    before = s.labels.copy(), len(s.interactive.actions)
     with pytest.raises(PromptError):
         H.add_point(s, 500, 10, True, 1)
     with pytest.raises(PromptError):
         H.add_box(s, 10, 10, 10.2, 40)
     with pytest.raises(PromptError):
         H.add_point(s, 10, 10, True, 1, z=999)
-    assert np.array_equal(s.labels, before[0]) and len(s.actions) == before[1]
+    assert np.array_equal(s.labels, before[0]) and len(s.interactive.actions) == before[1]
 
 
 def test_segment_volume_keeps_locked_slices_and_reports_progress(fake_session):
@@ -89,7 +113,7 @@ def test_segment_slice_without_prompts(fake_session):
     H.segment_slice(s)
     hu = np.asarray(s.volume.array[s.z])
     assert np.array_equal(s.labels[s.z], ((hu > 20) & (hu < 60)).astype(np.uint8))
-    assert s.prompts(s.z) == () and not s.locked(s.z)
+    assert s.interactive.prompts(s.z) == () and not s.interactive.locked(s.z)
 
 
 def test_propagate_box_runs_through_the_range_and_stops_on_empty(fake_session):
@@ -105,23 +129,35 @@ def test_propagate_box_runs_through_the_range_and_stops_on_empty(fake_session):
     assert r["propagated"] == 3 and s.labels[z - 3].any()
 
 
-def test_propagate_box_passes_slice_pixel_boxes_with_the_old_model_frame_results(fake_session, monkeypatch):
-    """The box crosses the library's edge in slice pixels (SlicePrompts); each slice gets the labels the
-    model-frame box_from_mask box gave before."""
-    from usam.prompts import SlicePrompts, box_from_mask
+def test_propagate_box_passes_slice_pixel_boxes_and_the_previous_mask(fake_session):
+    """Each next slice gets the previous slice's mask box in slice pixels (SlicePrompts, as
+    usam.prompts.slice_box_from_mask) and that slice's logits as its mask prompt."""
+    from usam.prompts import SlicePrompts, slice_box_from_mask
 
     s = fake_session
     z = 10
     H.add_box(s, 40, 40, 80, 80, z=z)
-    seen = []
-    predict = s.predictor.predict
-    monkeypatch.setattr(s.predictor, "predict", lambda k, p: (seen.append((k, p)), predict(k, p))[1])
+    calls = s.interactive.predictor.calls
+    n = len(calls)
     H.propagate_box(s, z, z + 4, margin=3.0)
-    assert [k for k, _ in seen] == [z + 1, z + 2, z + 3, z + 4]
-    for k, p in seen:
-        assert isinstance(p, SlicePrompts)
-        old = predict(k, box_from_mask(s.labels[k - 1], margin=3.0))
-        assert np.array_equal(s.labels[k], old.labels), k
+    seen = calls[n:]
+    assert [k for k, _, _ in seen] == [z + 1, z + 2, z + 3, z + 4]
+    for k, p, mask in seen:
+        assert isinstance(p, SlicePrompts) and mask is not None
+        np.testing.assert_allclose(p.boxes, slice_box_from_mask(s.labels[k - 1], margin=3.0).boxes)
+
+
+def test_propagation_stops_at_a_corrected_slice(fake_session):
+    """The library's rule: a locked (corrected) slice ends the propagation and is kept as it is."""
+    s = fake_session
+    z = 10
+    H.add_box(s, 40, 40, 80, 80, z=z)
+    H.add_point(s, 20, 20, True, 2, z=z + 3)
+    kept = s.labels[z + 3].copy()
+    r = H.propagate_box(s, z, z + 6)
+    assert r["propagated"] == 2 and r["slices"] == [z + 1, z + 2]
+    assert (r["stopped_at"], r["stop_reason"]) == (z + 3, "locked")
+    assert np.array_equal(s.labels[z + 3], kept) and not s.labels[z + 4].any()
 
 
 def test_viewer_payload_and_status(fake_session):
@@ -147,8 +183,9 @@ def test_viewer_payload_and_status(fake_session):
 def test_display_window_never_changes_model_input(fake_session):
     s = fake_session
     seen = []
-    orig = s.predictor.predict
-    s.predictor.predict = lambda z, p: (seen.append(np.asarray(s.volume.array[z]).copy()), orig(z, p))[1]
+    pred = s.interactive.predictor
+    orig = pred.predict_batch
+    pred.predict_batch = lambda zs, p, m: (seen.append(np.asarray(pred.volume.array[zs[0]]).copy()), orig(zs, p, m))[1]
     H.segment_slice(s)
     H.set_window(s, 100, 500)
     H.segment_slice(s)
@@ -157,7 +194,7 @@ def test_display_window_never_changes_model_input(fake_session):
 
 def test_export_nifti_keeps_affine_and_labels(fake_session, tmp_path):
     s = fake_session
-    s.labels[:] = s.ground_truth
+    paint(s, s.ground_truth)
     path = H.export_nifti(s, tmp_path)
     img = nib.load(str(path))
     assert np.allclose(img.affine, s.volume.source.get("affine_on_disk", s.volume.affine))
@@ -189,7 +226,53 @@ def test_session_json_replay_recreates_masks(fake_ctx, fake_session, tmp_path):
     replayed, report = H.replay_session(fake_ctx, data, base)
     assert np.array_equal(replayed.labels, s.labels)
     assert report["labels_match"] and report["same_model"]
-    assert replayed.window.width == 350 and replayed.locked_slices() == s.locked_slices()
+    assert replayed.window.width == 350 and replayed.interactive.locked_slices() == s.interactive.locked_slices()
+    assert data["version"] == 2 and data["prompt_rules"] == "none"
+    assert [a["op"] for a in data["actions"]][:2] == ["load", "point"] and data["actions"][-1]["op"] == "window"
+
+
+def test_prompt_rules_are_off_by_default_shown_when_on_and_replayed(fake_ctx, fake_session, tmp_path):
+    s = fake_session
+    assert s.rules == "none" and "prompt rules" not in H.slice_status(s)
+    H.add_point(s, 40, 50, True, 1, z=12)
+    H.set_prompt_rules(s, "Box: the output stays inside the box")
+    assert s.rules == "box" and "prompt rules: box" in H.slice_status(s)
+    assert s.interactive.predictor._rules == (True, False, False)
+    H.add_box(s, 30, 30, 90, 90, z=13)
+    with pytest.raises(PromptError, match="unknown prompt rules"):
+        H.set_prompt_rules(s, "gate, select")
+    data = json.loads(H.export_session(s, fake_ctx, tmp_path).read_text())
+    assert [a["op"] for a in data["actions"]] == ["load", "point", "rules", "box"] and data["prompt_rules"] == "box"
+    replayed, report = H.replay_session(fake_ctx, data, H.start_session(fake_ctx, s.volume, s.name))
+    assert report["labels_match"] and replayed.rules == "box"
+    H.set_prompt_rules(s, "none")
+    assert "prompt rules" not in H.slice_status(s)
+
+
+def test_an_old_app_session_file_still_replays(fake_ctx, small_case):
+    """A version 1 file (the app's own log: boxes without a class, 'kind' keys, the rules always on)
+    replays through the library session, with the rules it was recorded with."""
+    s = H.start_session(fake_ctx, small_case.volume, "Demo phantom 1", small_case.labels)
+    old = {"format": "usam-studio-session", "version": 1, "volume": {"sha256": s.volume_hash},
+           "model": {"sha256": "f" * 64}, "window": {"width": 350.0, "level": 50.0},
+           "actions": [{"op": "load", "volume_hash": s.volume_hash},
+                       {"op": "point", "z": 12, "kind": "point", "x": 40.0, "y": 50.0, "label": 1, "cls": 2},
+                       {"op": "point", "z": 12, "kind": "point", "x": 44.0, "y": 50.0, "label": 0, "cls": 1},
+                       {"op": "box", "z": 13, "kind": "box", "box": [30.0, 30.0, 90.0, 90.0]},
+                       {"op": "undo", "z": 13}, {"op": "redo", "z": 13},
+                       {"op": "propagate", "start": 13, "end": 15, "margin": 2.0},
+                       {"op": "segment_volume", "start": 20, "end": 22}, {"op": "clear", "z": 21},
+                       {"op": "window", "width": 350.0, "level": 50.0}],
+           "result": {"labels_sha256": "0" * 64}}
+    replayed, report = H.replay_session(fake_ctx, old, s)
+    inter = replayed.interactive
+    assert report["old_file"] and not report["labels_match"] and replayed.rules == "all"
+    assert replayed.labels[12, 50, 40] == 2 and replayed.labels[12, 50, 44] == 0
+    assert [(p.kind, p.cls) for p in inter.prompts(13)] == [("box", 0)] and replayed.labels[13, 60, 60] == 1
+    assert all(replayed.labels[k].any() for k in (14, 15)) and not replayed.labels[21].any()
+    assert inter.locked_slices() == [12, 13] and replayed.window.width == 350
+    s.close()
+    replayed.close()
 
 
 def test_replay_refuses_another_volume_and_bad_files(fake_ctx, fake_session, tmp_path):
@@ -224,7 +307,7 @@ def test_upload_nifti_round_trip(fake_ctx, small_case, tmp_path):
 
     write_labelmap(small_case.labels, s.volume, ref)
     H.load_reference(s, ref)
-    s.labels[:] = small_case.labels
+    paint(s, small_case.labels)
     rows = H.metric_rows(H.reference_metrics(s))
     assert rows[0][1] == pytest.approx(1.0) and rows[1][1] == pytest.approx(1.0)
     s.close()
@@ -260,7 +343,7 @@ def test_replay_with_the_real_predictor_is_exact(tmp_path, small_case):
     H.add_box(s, x - 15, y - 15, x + 15, y + 15, z=z + 1)
     H.segment_volume(s, z + 2, z + 4)
     H.undo(s, z + 1)
-    assert s.predictor.encoder_calls == 5 and s.last_timing["cached"] is False
+    assert s.interactive.encoder_calls == 5 and s.last_timing["cached"] is False
     H.add_point(s, x + 1, y, False, 1, z=z)
     assert s.last_timing["cached"] is True      # second click on a slice: features from the cache
     data = json.loads(H.export_session(s, ctx, tmp_path).read_text())

@@ -27,8 +27,9 @@ anything = st.one_of(numbers, st.none(), st.text(max_size=12), st.booleans(),
 
 def snapshot(s) -> tuple:
     """Everything a refused call must leave as it was."""
-    return (id(s.volume), s.z, s.labels.tobytes(), repr(s.window), len(s.actions),
-            repr(sorted((z, s.prompts(z)) for z in range(s.nz) if s.prompts(z))))
+    inter = s.interactive
+    return (id(s.volume), s.z, s.labels.tobytes(), repr(s.window), len(inter.actions), len(s.view_actions),
+            repr(sorted((z, inter.prompts(z)) for z in range(s.nz) if inter.prompts(z))))
 
 
 def call(fn, s, *args) -> str | None:
@@ -64,18 +65,26 @@ def test_slice_navigation_any_value(cb, fake_session, z):
        cls=st.one_of(st.sampled_from(["Normal rectum", "Tumor", "x"]), st.none()))
 def test_point_prompts_any_value(cb, fake_session, x, y, z, mode, cls):
     s = fake_session
-    n = len(s.actions)
+    n = len(s.interactive.actions)
     if call(cb.add_point, s, x, y, z, mode, cls) is None:
         h, w = s.slice_shape
-        a = s.actions[-1]
-        assert len(s.actions) == n + 1 and 0 <= a["z"] < s.nz
-        assert -0.5 <= float(x) <= w - 0.5 and -0.5 <= float(y) <= h - 0.5
+        a = s.interactive.actions[-1]
+        assert len(s.interactive.actions) == n + 1 and 0 <= a["z"] < s.nz
+        assert -0.5 <= float(x) < w and -0.5 <= float(y) < h   # usam.interactive.checks.point
 
 
 @FUZZ
 @given(x0=anything, y0=anything, x1=anything, y1=anything, z=anything)
 def test_box_prompts_any_value(cb, fake_session, x0, y0, x1, y1, z):
     call(cb.add_box, fake_session, x0, y0, x1, y1, z)
+
+
+@FUZZ
+@given(rules=st.one_of(anything, st.sampled_from(["box", "all", "none", "gate", "Box: the output stays inside"])))
+def test_prompt_rules_any_value(cb, fake_session, rules):
+    s = fake_session
+    if call(cb.set_prompt_rules, s, rules) is None:
+        assert s.rules in ("none", "box", "all")
 
 
 @FUZZ

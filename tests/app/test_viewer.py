@@ -8,6 +8,7 @@ from app import segment as H
 from app.segment.layout import SegmentEvents
 from app.render import CUSTOM_PRESET, DEFAULT_PRESET, WINDOW_PRESETS, Window, preset_for
 from app.viewer import VIEWER_CSS, VIEWER_HTML, VIEWER_JS
+from tests.app.conftest import FakePredictor, FakeResult, _fake_logits, paint
 from usam.volumes import Volume
 
 
@@ -44,7 +45,7 @@ def test_range_boxes_show_their_slice(cb, fake_session):
 
 
 def test_results_without_notice_on_phantom(cb, fake_session):
-    fake_session.labels[:] = fake_session.ground_truth  # a plausible result on a training-like volume
+    paint(fake_session, fake_session.ground_truth)  # a plausible result on a training-like volume
     assert cb.update_results(fake_session)[-1] == ""
 
 
@@ -71,19 +72,16 @@ def test_results_and_whole_volume_notice_on_unlike_volume(fake_ctx, cb, small_ca
 def test_model_uncertainty_enters_notice(cb, fake_session, monkeypatch):
     s = fake_session
 
-    class Unsure:  # a model that is never sure: 0.5 on its foreground
-        def predict(self, z, prompts):
+    class Unsure(FakePredictor):  # a model that is never sure: 0.5 on its foreground
+        def predict(self, z, prompts=None, mask_logits=None):
+            lab = np.zeros(s.slice_shape, np.uint8)
+            lab[:4, :4] = 1
             p = np.zeros((3,) + s.slice_shape, np.float32)
             p[0] = 1.0
             p[:, :4, :4] = np.array([0.25, 0.5, 0.25])[:, None, None]
-            return type("R", (), {"probs": p})()
+            return FakeResult(lab, p, 0.0, 1.0, True, _fake_logits(lab))
 
-        def predict_volume(self, zs, batch_size=8, progress=None):
-            out = np.zeros(s.labels.shape, np.uint8)
-            out[list(zs), :4, :4] = 1
-            return out
-
-    s.predictor = Unsure()
+    s.interactive.predictor = Unsure(s.volume)
     msg = cb.segment_volume(s, 0, s.nz - 1, progress=None)[-1]
     assert "unsure of its own output" in msg and "100 %" in msg
 

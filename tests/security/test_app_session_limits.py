@@ -36,20 +36,23 @@ def big_session(ctx, nz=8, n=512):
 
 def test_prompts_per_slice_capped(fake_ctx, fake_session):
     s = fake_session
-    for i in range(s.max_points):
+    inter = s.interactive
+    for i in range(inter.settings["max_points_per_slice"]):
         H.add_point(s, 20 + (i % 8), 20 + (i // 8), True, 1, z=5)
-    before = (s.labels.tobytes(), len(s.actions), s.prompts(5))
+    before = (s.labels.tobytes(), len(inter.actions), inter.prompts(5))
     with pytest.raises(PromptError, match="at most 64"):
         H.add_point(s, 30, 30, True, 1, z=5)
     with pytest.raises(PromptError, match="at most 64"):
         H.add_box(s, 10, 10, 40, 40, z=5)
-    assert (s.labels.tobytes(), len(s.actions), s.prompts(5)) == before
+    assert (s.labels.tobytes(), len(inter.actions), inter.prompts(5)) == before
     H.add_point(s, 30, 30, True, 1, z=6)             # other slices are not affected
 
 
 def test_200_points_on_a_512_slice_keep_a_bounded_history():
     """The reported case: 200 points on one slice (+49 MB of undo history). With the cap lifted
-    to let them in, the history keeps 50 undo steps of packed masks: well under 1 MB."""
+    to let them in, the history keeps 50 undo steps: packed masks (well under 1 MB) and each step's
+    previous logits in the model frame (what undo gives back to the next click: 3 x 224^2 float16,
+    294 KB a step), all within the session's undo budget (AppLimits.max_history_mb, 32 MB)."""
     ctx = ctx_with(max_points_per_slice=1000)
     s = big_session(ctx)
     tracemalloc.start()
@@ -61,25 +64,29 @@ def test_200_points_on_a_512_slice_keep_a_bounded_history():
         held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    h = s.histories[3]
-    assert len(h.states) == 51 and h.pos == 50 and h.can_undo
-    assert s.history_bytes() < 1 * MB, s.history_bytes()
-    assert held - base < 4 * MB and peak - base < 16 * MB, (held - base, peak - base)
-    # undo still restores the exact earlier masks
-    want = h.states[49].labels
+    inter = s.interactive
+    logits_step = 3 * 224 * 224 * 2
+    assert 50 * logits_step <= inter.history_bytes() < 50 * logits_step + 1 * MB, inter.history_bytes()
+    assert held - base < 24 * MB and peak - base < 40 * MB, (held - base, peak - base)
+    # undo still restores the exact earlier masks, 50 steps deep and no deeper
+    want = inter.labels(3)
+    H.add_point(s, 100, 100, True, 2, z=3)
     assert H.undo(s, 3) and np.array_equal(s.labels[3], want)
+    for _ in range(49):
+        assert H.undo(s, 3)
+    assert H.undo(s, 3) is False and inter.prompts(3)
     s.close()
 
 
 def test_session_history_budget_drops_oldest_states_first():
-    ctx = ctx_with(max_history_mb=1, max_points_per_slice=1000)
+    ctx = ctx_with(max_history_mb=1, max_points_per_slice=1000)   # 1 MB: three steps' logits
     s = big_session(ctx)
-    s.max_history_bytes = 20_000                       # tiny, so a few actions exceed it
+    inter = s.interactive
     for z in range(8):
         for i in range(10):
             H.add_point(s, 150 + 10 * i, 150 + 7 * z, True, 1, z=z)
-    assert s.history_bytes() <= 20_000
-    assert all(h.current.prompts for h in s.histories.values())   # every slice keeps its current state
+    assert inter.history_bytes() <= 1 * MB
+    assert all(len(inter.prompts(z)) == 10 for z in range(8))   # every slice keeps its current state
     s.close()
 
 
@@ -110,7 +117,7 @@ def test_replay_bounded_and_checked_before_running(fake_ctx, fake_session):
     s = fake_session
     rec = H.session_dict(s, fake_ctx)
     calls = []
-    s.predictor.predict = lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError("ran"))
+    s.interactive.predictor.predict = lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError("ran"))
     point = {"op": "point", "x": 10, "y": 10, "label": 1, "cls": 1, "z": 1}
     with pytest.raises(VolumeError, match="holds 1001 actions, over the limit of 1000"):
         H.replay_session(fake_ctx, dict(rec, actions=[point] * 1001), s)
