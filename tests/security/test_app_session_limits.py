@@ -117,7 +117,7 @@ def test_replay_bounded_and_checked_before_running(fake_ctx, fake_session):
     s = fake_session
     rec = H.session_dict(s, fake_ctx)
     calls = []
-    s.interactive.predictor.predict = lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError("ran"))
+    s.interactive.predictor.predict_batch = lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError("ran"))
     point = {"op": "point", "x": 10, "y": 10, "label": 1, "cls": 1, "z": 1}
     with pytest.raises(VolumeError, match="holds 1001 actions, over the limit of 1000"):
         H.replay_session(fake_ctx, dict(rec, actions=[point] * 1001), s)
