@@ -1,6 +1,6 @@
 """`usam evaluate --protocol clicks`: does one click do what it says, and only near where it lands?
 
-Definition (the report's Markdown quotes it):
+Definition (quoted by the report):
 - Slices: every slice of each case's evaluation range (usam.data.eval_z_range), as the other
   protocols; each slice is encoded once and its features serve the start and every trial.
 - Start: the model's prediction of the slice with no prompt ('none'), or with the ground
