@@ -9,7 +9,6 @@ Contract for tabs mounted by app/main.py (e.g. app/study_tab.py: `build_study_ta
     ctx.get_model()       -> (model, metadata): loaded once per process on first use, shared by
                           all sessions (thread-safe); model is in eval mode on ctx.device
     ctx.new_predictor(volume) -> usam.predictor.VolumePredictor for one session and one volume
-    ctx.new_interactive(volume, **settings) -> usam.interactive.InteractiveSession (the Segment tab's)
     ctx.weights_info()    -> WeightsInfo: kind, label, path, sha256, is_demo, note (for the page)
     ctx.gpu(fn)           -> fn wrapped in spaces.GPU on Hugging Face ZeroGPU, else fn unchanged
 
@@ -171,13 +170,6 @@ class AppContext:
 
         _, meta = self.get_model()
         return InteractiveSession(self.inference_model(), volume, meta, device=self.device, **options)
-
-    def new_interactive(self, volume: Any, **settings: Any) -> Any:
-        """An InteractiveSession for one session's volume on the shared model (settings: its keywords)."""
-        from usam.interactive import InteractiveSession
-
-        _, meta = self.get_model()
-        return InteractiveSession(self.inference_model(), volume, meta, device=self.device, **settings)
 
     def weights_info(self) -> WeightsInfo:
         """Description of the active weights (loads the model if needed)."""

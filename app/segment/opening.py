@@ -77,8 +77,8 @@ def start_session(ctx: AppContext, volume: Any, name: str, ground_truth: np.ndar
         raise VolumeError(f"expected a 3-D volume, got shape {arr.shape}")
     check_session_memory(ctx, arr.shape)
     lim = ctx.config.limits
-    inter = ctx.new_interactive(volume, rules="none", max_points_per_slice=lim.max_points_per_slice,
-                                max_history=lim.max_history, max_history_mb=lim.max_history_mb)
+    inter = ctx.new_session(volume, rules="none", max_points_per_slice=lim.max_points_per_slice,
+                            max_history=lim.max_history, max_history_mb=lim.max_history_mb)
     s = Session(volume=volume, volume_hash=volume_hash(volume), name=name, interactive=inter, is_upload=is_upload)
     if ground_truth is not None:
         s.ground_truth = np.asarray(ground_truth, dtype=np.uint8)

@@ -136,7 +136,7 @@ def quiet_config(**kw) -> AppConfig:
 
 
 class FakeContext(AppContext):
-    """AppContext whose predictors (the study's, the Segment tab's InteractiveSession's) are FakePredictor."""
+    """AppContext whose InteractiveSessions (the Segment tab's, the study's AI arms') run on FakePredictor."""
 
     def __init__(self):
         super().__init__(quiet_config(device="cpu", demo_size="small"), model=object(),
@@ -145,13 +145,8 @@ class FakeContext(AppContext):
     def new_predictor(self, volume):
         return FakePredictor(volume)
 
-    def new_interactive(self, volume, **settings):
-        return fake_interactive(volume, **settings)
-
     def new_session(self, volume, **options):
-        from tests.fakes import FakeSession
-
-        return FakeSession(FakePredictor(volume))
+        return fake_interactive(volume, **options)
 
     def weights_info(self):
         return WeightsInfo(kind="fake", label="fake", path="-", sha256="f" * 64, is_demo=True, note="fake")

@@ -34,9 +34,9 @@ def app(tmp_path_factory):
             return FakePredictor(volume)
 
         def new_session(self, volume, **options):
-            from tests.fakes import FakeSession
+            from tests.app.conftest import fake_interactive
 
-            return FakeSession(FakePredictor(volume))
+            return fake_interactive(volume, **options)   # the Segment tab drives the whole session
 
     with launched_tiny_study(tmp_path_factory.mktemp("contour"), ctx_cls=Ctx) as launched:
         yield launched
