@@ -12,12 +12,10 @@ import torch
 from usam import data as D
 from usam.evaluation.click_response import (evaluate_click_response, far_mask, find_trials, locality_share,
                                             min_region_px, region_centres)
-from usam.model import ImageFeatures
+from tests.usam.eval_fixtures import StandIn, tiny_checkpoint as make_tiny_checkpoint
 
 ROW_KEYS = ("positive_success", "negative_success", "locality_pass", "trials", "per_class", "locality_mean",
             "removal", "filled", "positive_trials", "negative_trials")
-TINY = dict(vit_depth=1, vit_global_attn_indexes=[0], vit_embed_dim=64, vit_heads=2, prompt_dim=32, decoder_heads=2,
-            decoder_mlp_dim=64, num_mask_tokens=8, adapter_channels=[8, 8, 16, 16], up_channels=[16, 8, 8, 8])
 YY, XX = np.mgrid[:224, :224]
 
 
@@ -51,7 +49,7 @@ def _onehot_logits(labels: np.ndarray) -> torch.Tensor:
     return out
 
 
-class PaintModel(torch.nn.Module):
+class PaintModel(StandIn):
     """A stand-in for U-SAM: unprompted it draws _base(); the previous logits replace that when they come back;
     each point paints a disk (radius 16 at 224) of its class (positive) or of background (negative).
     obey: which point kinds it paints ('both', 'positive', 'none'); sprawl: every point also paints a 40 x 40
@@ -59,26 +57,18 @@ class PaintModel(torch.nn.Module):
 
     def __init__(self, obey: str = "both", sprawl: bool = False) -> None:
         super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.obey, self.sprawl = obey, sprawl
-        self.masks_seen: list[bool] = []
         self.base = _onehot_logits(_base())
-        self.grid = (torch.from_numpy(XX).float(), torch.from_numpy(YY).float())
-
-    def encode(self, images: torch.Tensor) -> ImageFeatures:
-        return ImageFeatures((None,) * 4, images[:, :1, ::16, ::16].clone())
 
     def decode(self, features, prompts, mask_logits=None) -> torch.Tensor:
-        self.masks_seen.append(mask_logits is not None)
-        out = self.base.expand(len(features), -1, -1, -1).clone() if mask_logits is None else mask_logits.clone()
-        xx, yy = self.grid
-        for i, p in enumerate(prompts):
+        out = self.previous(mask_logits)
+        if out is None:
+            out = self.base.expand(len(features), -1, -1, -1).clone()
+        for i, p in enumerate(self.items(prompts)):
             for (x, y), label, cls in zip(p.points, p.point_labels, p.point_classes):
                 if self.obey == "none" or (self.obey == "positive" and label == 0):
                     continue
-                disk = (xx - float(x)) ** 2 + (yy - float(y)) ** 2 <= 256.0
-                out[i][:, disk] = -5.0
-                out[i, int(cls) if label == 1 else 0][disk] = 5.0
+                self.paint_point(out[i], x, y, label, cls)
             if self.sprawl and len(p.points):
                 out[i][:, 184:, :40] = -5.0
                 out[i, 1, 184:, :40] = 5.0
@@ -162,6 +152,27 @@ def test_a_click_that_changes_pixels_far_away_fails_locality():
     assert row["locality_mean"] > 0.01
 
 
+def test_the_session_path_gives_the_recorded_trials():
+    """Recorded from the batched decode path before the protocol drove an InteractiveSession (bde07c1)."""
+    res = evaluate_click_response([_case()], PaintModel(sprawl=True), D.DEFAULT_WINDOW, batch_size=2)
+    first = [(0, "positive", 1, 45, 56, 230, 0.917391), (1, "positive", 1, 45, 56, 230, 0.917391),
+             (2, "positive", 1, 45, 56, 230, 0.917391), (0, "positive", 2, 150, 150, 441, 1.0)]
+    for name, trials in res["trials"].items():
+        assert len(trials) == 9, name
+        got = [(t["z"], t["kind"], t["cls"], t["x"], t["y"], t["region_px"], round(t["region_share"], 6))
+               for t in trials[:4]]
+        assert got == first and all(t["success"] for t in trials[:4])
+        assert trials[0]["locality"] == pytest.approx(0.033787, abs=1e-6)
+
+
+def test_each_trial_starts_from_the_slices_start():
+    """undo after a trial gives the start back: a later trial on the slice sees the start, not the earlier click."""
+    model = PaintModel()
+    res = evaluate_click_response([_case()], model, D.DEFAULT_WINDOW, starts=["none"], feeds=(True,))
+    by_slice = [t for t in res["trials"]["none"] if t["z"] == 0]
+    assert len(by_slice) == 3 and all(t["locality"] == 0.0 and t["success"] for t in by_slice)
+
+
 def test_mask_prompt_feeds_and_the_box_start():
     model = PaintModel()
     res = evaluate_click_response([_case()], model, D.DEFAULT_WINDOW, starts=["box"], feeds=(False,))
@@ -182,16 +193,7 @@ def test_prompt_rules_add_labelled_rows_beside_the_network_alone():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from usam.checkpoints import save_checkpoint
-    from usam.model import build_usam, get_config
-    from usam.phantom import generate_cohort
-
-    out = tmp_path_factory.mktemp("clicks")
-    generate_cohort(out / "cohort", cases=2, seed=5, size="small")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(build_usam(get_config("demo", **TINY)).eval(), out / "tiny.safetensors",
-                           {"weights_kind": "random-tiny"})
-    return out / "cohort", ckpt
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("clicks"))
 
 
 def test_cli_writes_markdown_csv_trials_and_json(tiny_checkpoint, tmp_path, capsys):

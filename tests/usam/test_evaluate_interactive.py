@@ -14,12 +14,10 @@ from usam import data as D
 from usam.evaluation.interactive import (evaluate_interactive, number_of_clicks, parse_starts, start_prompts,
                                          trapezoid_auc)
 from usam.errors import UsamError
-from usam.model import ImageFeatures
+from tests.usam.eval_fixtures import StandIn, tiny_checkpoint as make_tiny_checkpoint
 
 ROW_KEYS = ("dice_mean_by_click", "nsd_mean_by_click", "dice_by_click_per_class", "dsc_auc", "nsd_auc", "final_dice",
             "final_nsd", "noc85", "noc90", "seconds_per_click")
-TINY = dict(vit_depth=1, vit_global_attn_indexes=[0], vit_embed_dim=64, vit_heads=2, prompt_dim=32, decoder_heads=2,
-            decoder_mlp_dim=64, num_mask_tokens=8, adapter_channels=[8, 8, 16, 16], up_channels=[16, 8, 8, 8])
 
 
 def test_auc_is_the_trapezoid_and_at_most_four_over_five_steps():
@@ -51,35 +49,22 @@ def test_starts_and_their_prompts():
     assert start_prompts(lab, "none").is_empty and start_prompts(np.zeros_like(lab), "box").is_empty
 
 
-class PaintModel(torch.nn.Module):
+class PaintModel(StandIn):
     """A stand-in for U-SAM: a box paints normal wall inside it; each point paints a disk (radius 16 at 224) of its
     class (positive) or of background (negative) on top of the previous logits when they come back."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.masks_seen: list[bool] = []
-        yy, xx = torch.meshgrid(torch.arange(224.0), torch.arange(224.0), indexing="ij")
-        self.grid = (xx, yy)
-
-    def encode(self, images: torch.Tensor) -> ImageFeatures:
-        return ImageFeatures((None,) * 4, images[:, :1, ::16, ::16].clone())
-
     def decode(self, features, prompts, mask_logits=None) -> torch.Tensor:
-        self.masks_seen.append(mask_logits is not None)
-        out = torch.zeros(len(features), 3, 224, 224)
-        out[:, 0] = 1.0
-        if mask_logits is not None:
-            out = mask_logits.clone()
+        out = self.previous(mask_logits)
+        if out is None:
+            out = torch.zeros(len(features), 3, 224, 224)
+            out[:, 0] = 1.0
         xx, yy = self.grid
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(self.items(prompts)):
             for x0, y0, x1, y1 in p.boxes:
                 inside = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
                 out[i, 1][inside] = 2.0
             for (x, y), label, cls in zip(p.points, p.point_labels, p.point_classes):
-                disk = (xx - float(x)) ** 2 + (yy - float(y)) ** 2 <= 256.0
-                out[i][:, disk] = -5.0
-                out[i, int(cls) if label == 1 else 0][disk] = 5.0
+                self.paint_point(out[i], x, y, label, cls)
         return out
 
 
@@ -98,7 +83,7 @@ def _case() -> D.CaseData:
 def test_clicks_land_on_errors_and_the_scores_follow():
     model, steps = PaintModel(), []
     res = evaluate_interactive([_case()], model, D.DEFAULT_WINDOW, noc_clicks=8, batch_size=2, trace=steps.append)
-    assert model.masks_seen[:3] == [False] * 3  # the start's three batches of slices: no previous mask
+    assert model.masks_seen[:5] == [False] * 5  # the start of each of the five slices: no previous mask
     assert set(res["rows"]) == {"box", "none"}
     for step in steps:
         before, gt = step["before"], step["gt"]
@@ -136,6 +121,24 @@ def test_clicks_land_on_errors_and_the_scores_follow():
     assert model.masks_seen[0] is False and any(model.masks_seen)
 
 
+# recorded from the batched decode path these protocols had before they drove an InteractiveSession (bde07c1)
+RECORDED = {"box": ([0, 3, 3, 3, 3, 3, 3, 3, 3],
+                    [0.262398, 0.27793, 0.295417, 0.315205, 0.337415, 0.34007, 0.753783, 0.747508, 0.860426],
+                    [0.289729, 0.284689, 0.302913, 0.308868, 0.31387, 0.319421], 8),
+            "none": ([0, 3, 3, 3, 3, 3, 3], [0.0, 0.175581, 0.261307, 0.324412, 0.375164, 0.414848, 0.901603],
+                     [0.0, 0.220919, 0.349522, 0.382792, 0.46085, 0.474448], 6)}
+
+
+@pytest.mark.parametrize("feed", [True, False])
+def test_the_session_path_gives_the_recorded_figures(feed):
+    res = evaluate_interactive([_case()], PaintModel(), D.DEFAULT_WINDOW, noc_clicks=8, batch_size=2, feed_mask=feed)
+    for start, (clicks, dice_noc, nsd, noc) in RECORDED.items():
+        pc = res["per_case"][start][0]
+        assert pc["clicks_by_step"] == clicks and pc["noc85"] == pc["noc90"] == noc
+        assert pc["dice_mean_noc"] == pytest.approx(dice_noc, abs=1e-6)
+        assert pc["nsd_mean_by_click"] == pytest.approx(nsd, abs=1e-6)
+
+
 def test_without_the_mask_prompt_no_logits_come_back():
     model = PaintModel()
     evaluate_interactive([_case()], model, D.DEFAULT_WINDOW, starts=["box"], noc_clicks=5, feed_mask=False)
@@ -153,6 +156,7 @@ def test_prompt_rules_add_labelled_rows_beside_the_network_alone():
 def test_noc_is_the_limit_when_never_reached():
     class Stubborn(PaintModel):
         def decode(self, features, prompts, mask_logits=None):  # ignores every prompt: draws nothing
+            self.previous(mask_logits)
             out = torch.zeros(len(features), 3, 224, 224)
             out[:, 0] = 1.0
             return out
@@ -166,16 +170,7 @@ def test_noc_is_the_limit_when_never_reached():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from usam.checkpoints import save_checkpoint
-    from usam.model import build_usam, get_config
-    from usam.phantom import generate_cohort
-
-    out = tmp_path_factory.mktemp("interactive")
-    generate_cohort(out / "cohort", cases=2, seed=5, size="small")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(build_usam(get_config("demo", **TINY)).eval(), out / "tiny.safetensors",
-                           {"weights_kind": "random-tiny"})
-    return out / "cohort", ckpt
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("interactive"))
 
 
 def test_the_start_is_the_case3d_prediction(tiny_checkpoint):

@@ -30,7 +30,6 @@ Definition (quoted by the report):
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterable, Sequence
 
@@ -39,14 +38,14 @@ import torch
 from scipy import ndimage
 
 from usam import data as D
-from usam.clicks import Click, click_prompts, next_clicks
+from usam.clicks import Click, next_clicks
 from usam.errors import UsamError
-from usam.evaluation.interactive import _take, decode_step, encode_case, start_prompts
-from usam.model import ImageFeatures
-from usam.predictor import NO_RULES
-from usam.preprocess import SIZE, logits_to_labels
+from usam.evaluation.cases import eval_cases
+from usam.evaluation.interactive import start_prompts
+from usam.evaluation.sessions import add_click, case_session, start_slice, undo_to
+from usam.interactive import InteractiveSession
+from usam.preprocess import SIZE
 from usam.prompt_rules import parse_rules
-from usam.prompts import SlicePrompts
 
 STARTS = ("none", "box")
 CLASSES = (1, 2)
@@ -132,23 +131,16 @@ def _score(trial: dict, before: np.ndarray, after: np.ndarray, spacing_yx: tuple
             "far_px": n_far, "locality": share, "locality_pass": share <= LOCALITY_MAX}
 
 
-def run_case(model: torch.nn.Module, case: D.CaseData, zs: np.ndarray, features: ImageFeatures, start: str,
-             feeds: Sequence[bool] = (True, False), rules: tuple[bool, bool, bool] = NO_RULES,
-             batch_size: int = 8, min_model_px: int = MIN_MODEL_PX, far_mm: float = FAR_MM) -> dict:
-    """Every trial of one start on one case (its slices zs encoded in `features`): {feed: [trial records]}."""
+def run_case(session: InteractiveSession, case: D.CaseData, zs: np.ndarray, start: str,
+             feeds: Sequence[bool] = (True, False), min_model_px: int = MIN_MODEL_PX, far_mm: float = FAR_MM) -> dict:
+    """Every trial of one start on one case, driving its InteractiveSession: {feed: [trial records]}.
+
+    Each trial is one click from the slice's start; undo(z) then gives the start back exactly (checked)."""
     gt = case.labels[zs]
     hw = tuple(gt.shape[1:])
     spacing_yx = tuple(case.spacing[1:])
-    starts: list[SlicePrompts] = [start_prompts(g, start) for g in gt]
-    logits: torch.Tensor | None = None
-    labels = np.zeros_like(gt)
-    for b in range(0, len(zs), batch_size):  # the start, batched as the interactive protocol's step 0
-        chunk = list(range(b, min(b + batch_size, len(zs))))
-        out = decode_step(model, _take(features, chunk), [starts[i].to_model(hw) for i in chunk], None, rules)
-        if logits is None:
-            logits = torch.empty((len(zs),) + tuple(out.shape[1:]), dtype=out.dtype, device=out.device)
-        logits[chunk] = out
-        labels[chunk] = logits_to_labels(out, hw)[0]
+    begun = [start_slice(session, int(z), start_prompts(g, start)) for z, g in zip(zs, gt)]
+    labels = np.stack([r.labels for r in begun])
     found: list[list[dict | None]] = []
     for b in range(0, len(zs), 16):  # bounded memory at 512 x 512
         part = find_trials(labels[b:b + 16], gt[b:b + 16], min_region_px(hw, min_model_px))
@@ -157,17 +149,16 @@ def run_case(model: torch.nn.Module, case: D.CaseData, zs: np.ndarray, features:
     for feed in feeds:
         records, model_s = [], 0.0
         for trials in found:
-            idx = [i for i, t in enumerate(trials) if t is not None]
-            for b in range(0, len(idx), batch_size):
-                chunk = idx[b:b + batch_size]
-                prompts = [(starts[i] + click_prompts([trials[i]["click"]])).to_model(hw) for i in chunk]
+            for i, trial in enumerate(trials):
+                if trial is None:
+                    continue
+                z = int(zs[i])
                 t0 = time.perf_counter()
-                out = decode_step(model, _take(features, chunk), prompts, logits[chunk] if feed else None, rules)
-                after = logits_to_labels(out, hw)[0]
+                after = add_click(session, z, trial["click"], feed).labels
                 model_s += time.perf_counter() - t0
-                for j, i in enumerate(chunk):
-                    rec = _score(trials[i], labels[i], after[j], spacing_yx, far_mm)
-                    records.append({"case_id": case.case_id, "z": int(zs[i]), **rec})
+                undo_to(session, z, labels[i], begun[i].logits)  # trials are independent: back to the start
+                records.append({"case_id": case.case_id, "z": z, **_score(trial, labels[i], after, spacing_yx,
+                                                                          far_mm)})
         result[feed] = {"trials": records, "model_seconds": model_s}
     return result
 
@@ -211,29 +202,19 @@ def evaluate_click_response(cases: Iterable[D.CaseData], model: torch.nn.Module,
     """The click-response protocol over a cohort: a row per start and feed (and '+ rules' rows when rules are named)."""
     if not feeds:
         raise UsamError("the click protocol needs a mask-prompt choice (feeds)")
-    rules = parse_rules(prompt_rules)
-    rule_sets = [(False, NO_RULES)] + ([(True, rules)] if any(rules) else [])
+    rule_sets = [(False, "none")] + ([(True, prompt_rules)] if any(parse_rules(prompt_rules)) else [])
     names = [(variant_name(s, f, r), s, f, r) for r, _ in rule_sets for s in starts for f in feeds]
     trials: dict[str, list[dict]] = {n: [] for n, *_ in names}
     seconds = dict.fromkeys(trials, 0.0)
     per_case: dict[str, list[dict]] = {n: [] for n in trials}
-    if progress:
-        from tqdm import tqdm
-
-        cases = tqdm(cases, desc="clicks", unit="case", file=sys.stderr)
     n_cases = 0
-    for case in cases:
-        if case.prewindowed:
-            raise UsamError("npz slices have no 3D cases or spacing: the click protocol needs volumes")
-        region = D.eval_z_range(case.labels, case.info)
-        if region is None:
-            continue
+    for case, zs in eval_cases(cases, "clicks", "the click protocol needs volumes", progress):
         n_cases += 1
-        zs = np.arange(*region)
-        features = encode_case(model, D.model_input(case.image[zs], window, case.prewindowed), batch_size)
-        for with_rules, r in rule_sets:
+        session = None
+        for with_rules, rules in rule_sets:  # a '+ rules' session shares the network-alone one's features
+            session = case_session(model, case, zs, window, rules, batch_size, features_of=session)
             for s in starts:
-                res = run_case(model, case, zs, features, s, feeds, r, batch_size, min_model_px, far_mm)
+                res = run_case(session, case, zs, s, feeds, min_model_px, far_mm)
                 for f in feeds:
                     name = variant_name(s, f, with_rules)
                     trials[name] += res[f]["trials"]

@@ -20,13 +20,12 @@ segmentation", adapted to a 2D model (clicks per slice, scores per case in 3D):
   (K = 5: at most 4.0; the start, step 0, is not integrated); per case the same of its curve.
 - NoC@t: per case the fewest steps k in 0..N (N = 20) after which the case's mean Dice >= t,
   N when never (RITM); the cohort's is the mean over cases.
-- seconds_per_click: model time (prompts to the model frame, decode of the clicked slices in
-  batches, logits to labels) per slice click.
+- seconds_per_click: model time (prompts to the model frame, decode of each clicked slice, logits
+  to labels) per slice click.
 """
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -34,15 +33,15 @@ import numpy as np
 import torch
 
 from usam import data as D
-from usam.clicks import click_prompts, next_clicks
+from usam.clicks import next_clicks
 from usam.errors import UsamError
 from usam.evaluate import DEFAULT_NSD_MM, crop_to_union, summarize_cases
+from usam.evaluation.cases import eval_cases
+from usam.evaluation.sessions import add_click, case_session, start_slice
+from usam.interactive import InteractiveSession
 from usam.metrics import case_metrics
-from usam.model import ImageFeatures
-from usam.predictor import NO_RULES, encode_images, predict_logits
-from usam.preprocess import logits_to_labels
 from usam.prompt_rules import parse_rules
-from usam.prompts import Prompts, SlicePrompts, slice_box_from_mask
+from usam.prompts import SlicePrompts, slice_box_from_mask
 
 STARTS = ("box", "none")
 CLICKS = 5
@@ -86,29 +85,6 @@ def number_of_clicks(dice_by_step: Sequence[float], threshold: float, max_clicks
     return max_clicks
 
 
-def decode_step(model: torch.nn.Module, features: ImageFeatures, prompts: Sequence[Prompts | None],
-                previous_logits: torch.Tensor | None = None,
-                rules: tuple[bool, bool, bool] = NO_RULES) -> torch.Tensor:
-    """One interactive decode of a batch of slices: model-frame prompts + previous logits (mask prompt) -> logits."""
-    inputs = {} if previous_logits is None else {"mask_logits": previous_logits}
-    return predict_logits(model, features, list(prompts), rules, **inputs)
-
-
-def _take(features: ImageFeatures, idx: list[int]) -> ImageFeatures:
-    """The features of these slices in their own memory layout (index_select drops channels_last, and the
-    decoder's convolutions then take another kernel: other rounding, slower)."""
-    picked = features.select(idx)
-
-    def like(src: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor | None:
-        if src is None or src.ndim != 4 or src.is_contiguous():
-            return out
-        return out.contiguous(memory_format=torch.channels_last) if src.is_contiguous(
-            memory_format=torch.channels_last) else out
-
-    skips = tuple(like(s, o) for s, o in zip(features.skips, picked.skips))
-    return ImageFeatures(skips, like(features.embedding, picked.embedding), features.skip_parts)
-
-
 def _class_counts(labels: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per slice and class: |pred & gt| and |pred| (n, 2)."""
     inter = np.stack([((labels == c) & (gt == c)).sum(axis=(1, 2)) for c in CLASSES], axis=1)
@@ -124,29 +100,12 @@ def _mean_dice(inter: np.ndarray, pred: np.ndarray, gt_total: np.ndarray) -> flo
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def run_case(model: torch.nn.Module, case: D.CaseData, zs: np.ndarray, features: ImageFeatures, start: str,
-             clicks: int = CLICKS, noc_clicks: int = NOC_CLICKS, nsd_tolerance_mm: float = DEFAULT_NSD_MM,
-             batch_size: int = 8, rules: tuple[bool, bool, bool] = NO_RULES, feed_mask: bool = True,
+def run_case(session: InteractiveSession, case: D.CaseData, zs: np.ndarray, start: str, clicks: int = CLICKS,
+             noc_clicks: int = NOC_CLICKS, nsd_tolerance_mm: float = DEFAULT_NSD_MM, feed_mask: bool = True,
              trace: Trace | None = None) -> dict:
-    """One start of the interactive protocol on one case (its slices zs encoded in `features`)."""
+    """One start of the interactive protocol on one case, driving its InteractiveSession slice by slice."""
     gt = case.labels[zs]
-    hw = tuple(gt.shape[1:])
-    starts = [start_prompts(g, start) for g in gt]
-    placed: list[list] = [[] for _ in zs]
-    logits: torch.Tensor | None = None
-    labels = np.zeros_like(gt)
-
-    def decode(idx: list[int], first: bool) -> None:
-        nonlocal logits
-        for b in range(0, len(idx), batch_size):
-            chunk = idx[b:b + batch_size]
-            prompts = [(starts[i] + click_prompts(placed[i])).to_model(hw) for i in chunk]
-            prev = logits[chunk] if feed_mask and not first else None  # the start has no previous mask
-            out = decode_step(model, _take(features, chunk), prompts, prev, rules)
-            if logits is None:
-                logits = torch.empty((len(zs),) + tuple(out.shape[1:]), dtype=out.dtype, device=out.device)
-            logits[chunk] = out
-            labels[chunk] = logits_to_labels(out, hw)[0]
+    labels = np.stack([start_slice(session, int(z), start_prompts(g, start)).labels for z, g in zip(zs, gt)])
 
     def scores() -> dict:
         full = np.zeros_like(case.labels)
@@ -155,7 +114,6 @@ def run_case(model: torch.nn.Module, case: D.CaseData, zs: np.ndarray, features:
         return {"per_class": {c: {k: cm["per_class"][c][k] for k in ("dice", "nsd")} for c in CLASSES},
                 "mean": {k: cm["mean"][k] for k in ("dice", "nsd")}}
 
-    decode(list(range(len(zs))), first=True)
     gt_total = np.array([(case.labels == c).sum() for c in CLASSES])
     inter, pred = _class_counts(labels, gt)
     per_step, dice_noc, placed_by_step = [scores()], [_mean_dice(inter, pred, gt_total)], [0]
@@ -170,10 +128,9 @@ def run_case(model: torch.nn.Module, case: D.CaseData, zs: np.ndarray, features:
                    "clicks": new})
         if not active:
             break  # no error left on any slice: every later step equals this one
-        for i in active:
-            placed[i].append(new[i])
         t0 = time.perf_counter()
-        decode(active, first=False)
+        for i in active:
+            labels[i] = add_click(session, int(zs[i]), new[i], feed_mask).labels
         model_s += time.perf_counter() - t0
         placed_by_step.append(len(active))
         inter[active], pred[active] = _class_counts(labels[active], gt[active])
@@ -215,12 +172,6 @@ def summarize_start(per_case: list[dict], clicks: int = CLICKS) -> dict:
     return row
 
 
-def encode_case(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 8) -> ImageFeatures:
-    """All of a case's slices encoded once (in batches), for every step of every start."""
-    parts = [encode_images(model, images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
-    return parts[0] if len(parts) == 1 else ImageFeatures.cat(parts)
-
-
 def evaluate_interactive(cases: Iterable[D.CaseData], model: torch.nn.Module, window: tuple[float, float],
                          starts: Sequence[str] = STARTS, clicks: int = CLICKS, noc_clicks: int = NOC_CLICKS,
                          nsd_tolerance_mm: float = DEFAULT_NSD_MM, batch_size: int = 8, prompt_rules: str = "none",
@@ -228,24 +179,18 @@ def evaluate_interactive(cases: Iterable[D.CaseData], model: torch.nn.Module, wi
     """The interactive protocol over a cohort: one row per start (and per start '+ rules' when rules are named)."""
     if clicks < 1 or noc_clicks < 1:
         raise UsamError("the interactive protocol needs at least one click (--clicks, --noc-clicks)")
-    rules = parse_rules(prompt_rules)
-    variants = [(s, s, NO_RULES) for s in starts] + ([(f"{s} + rules", s, rules) for s in starts] if any(rules) else [])
+    named = any(parse_rules(prompt_rules))
+    variants = [(s, s, "none") for s in starts] + ([(f"{s} + rules", s, prompt_rules) for s in starts] if named else [])
     per_case: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
-    if progress:
-        from tqdm import tqdm
-
-        cases = tqdm(cases, desc="interactive", unit="case", file=sys.stderr)
-    for case in cases:
-        if case.prewindowed:
-            raise UsamError("npz slices have no 3D cases or spacing: the interactive protocol needs volumes")
-        region = D.eval_z_range(case.labels, case.info)
-        if region is None:
-            continue
-        zs = np.arange(*region)
-        features = encode_case(model, D.model_input(case.image[zs], window, case.prewindowed), batch_size)
-        for name, start, r in variants:
-            per_case[name].append(run_case(model, case, zs, features, start, clicks, noc_clicks, nsd_tolerance_mm,
-                                           batch_size, r, feed_mask, trace))
+    needs = "the interactive protocol needs volumes"
+    for case, zs in eval_cases(cases, "interactive", needs, progress):
+        sessions: dict[str, InteractiveSession] = {}
+        for name, start, rules in variants:
+            if rules not in sessions:  # the network alone first; a '+ rules' session shares its features
+                sessions[rules] = case_session(model, case, zs, window, rules, batch_size, noc_clicks + 2,
+                                               features_of=next(iter(sessions.values()), None))
+            per_case[name].append(run_case(sessions[rules], case, zs, start, clicks, noc_clicks, nsd_tolerance_mm,
+                                           feed_mask, trace))
     return {"protocol": "interactive", "nsd_tolerance_mm": float(nsd_tolerance_mm), "clicks": clicks,
             "noc_max_clicks": noc_clicks, "noc_thresholds": dict(NOC_THRESHOLDS), "mask_prompt": feed_mask,
             "prompt_rules": prompt_rules,
