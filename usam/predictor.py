@@ -158,6 +158,10 @@ class VolumePredictor:
         self.encoder_calls = 0
         self._lock = threading.RLock()  # one session may be driven from several UI threads
 
+    def set_rules(self, prompt_rules: str) -> None:
+        """Prompt rules for the next predictions (usam.prompt_rules names; 'none' = the network alone)."""
+        self._rules = parse_rules(prompt_rules)
+
     @property
     def num_slices(self) -> int:
         """Number of axial slices."""

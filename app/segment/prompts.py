@@ -79,19 +79,12 @@ def set_prompt_rules(s: Session, rules: str) -> None:
     """Prompt rules for the next prompts: 'none' (the network alone), 'box' or 'all' (or their page labels).
 
     Post-processing, named: the page shows it while it is on; recorded in the session file."""
-    from usam.prompt_rules import parse_rules
-
     name = RULE_CHOICES.get(rules, rules) if isinstance(rules, str) else rules
     if name not in RULE_CHOICES.values():
         raise PromptError(f"unknown prompt rules {str(rules)[:40]!r}; choose from {', '.join(RULE_CHOICES.values())}")
     if name == s.rules:
         return
-    inter = s.interactive
-    # InteractiveSession takes its rules when it is made and has no setter yet: the predictor's rules and
-    # the session's setting change together here (the app's own 'rules' op records it in the session file)
-    inter.predictor._rules = parse_rules(name)
-    inter.settings["rules"] = name
-    s.note({"op": "rules", "rules": name})
+    s.interactive.set_rules(name)   # logged by the library: the session file replays it
 
 
 def rules_label(s: Session) -> str:

@@ -104,7 +104,7 @@ def read_session_file(path: str | Path, max_bytes: int = AppLimits().max_session
 
 
 # the app's own ops -> the keys they must carry (every other op is the library's: usam.interactive.log)
-APP_ACTION_KEYS = {"load": (), "window": ("width", "level"), "rules": ("rules",)}
+APP_ACTION_KEYS = {"load": (), "window": ("width", "level")}
 
 
 def _action_cost(s: Session, a: Any) -> int:
@@ -124,12 +124,12 @@ def apply_action(s: Session, a: dict[str, Any]) -> None:
     """Re-apply one recorded action to a session (the replay step), through the live calls' checks."""
     _action_cost(s, a)
     op = a["op"]
-    if op in LIBRARY_OPS:
+    if op == "rules":   # the page's names too (a session file written by hand or by an older page)
+        prompts.set_prompt_rules(s, a["rules"])
+    elif op in LIBRARY_OPS:
         s.interactive.apply(a)
     elif op == "window":
         display.set_window(s, a["width"], a["level"])
-    elif op == "rules":
-        prompts.set_prompt_rules(s, a["rules"])
     # "load" starts the file: the session it is replayed on has it already
 
 

@@ -50,6 +50,12 @@ class FakePredictor:
         self.cache = self._seen            # what Session.close() clears
         self.calls: list[tuple] = []       # (z, prompts, mask_logits) of every slice run, for tests
         self.answer: np.ndarray | None = None  # set: what a run without prompts gives (see paint)
+        self._rules = (False, False, False)     # the rules' names are checked as the real predictor's
+
+    def set_rules(self, prompt_rules):
+        from usam.prompt_rules import parse_rules
+
+        self._rules = parse_rules(prompt_rules)
 
     def predict(self, z, prompts=None, mask_logits=None):
         from usam.preprocess import logits_to_labels

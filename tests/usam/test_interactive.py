@@ -338,3 +338,24 @@ def test_a_run_that_fails_half_way_changes_nothing(session, case, Z, monkeypatch
     with pytest.raises(RuntimeError):
         session.propagate(Z)
     assert np.array_equal(session.label_map(), before) and session.actions == actions
+
+
+def test_rules_changed_on_a_live_session_are_logged_and_replayed(session, loaded, case, Z):
+    """set_rules is an action: the next prompts use it, the log starts from the first rules and replays exactly."""
+    s, z, (model, meta), vol = session, Z, loaded, case.volume
+    h, w = s.slice_shape
+    s.add_box(z, w * 0.3, h * 0.3, w * 0.6, h * 0.6)
+    s.set_rules("box")
+    boxed = s.add_box(z, w * 0.35, h * 0.35, w * 0.55, h * 0.55).labels
+    assert s.settings["rules"] == "box" and s.actions[-2] == {"op": "rules", "rules": "box"}
+    rows, cols = np.nonzero(boxed)
+    if len(rows):    # the box rule keeps the foreground inside the box (and its 4 px model-frame margin)
+        assert rows.min() >= h * 0.35 - 0.05 * h and cols.max() <= w * 0.55 + 0.05 * w
+    log = s.to_log()
+    assert log["settings"]["rules"] == "none"
+    again = InteractiveSession.replay(model, vol, log, meta)
+    np.testing.assert_array_equal(again.label_map(), s.label_map())
+    assert again.settings["rules"] == "box"
+    with pytest.raises(Exception, match="rules"):
+        s.set_rules("boxes")
+    assert s.settings["rules"] == "box"

@@ -11,6 +11,7 @@ ops, e.g. "load" and "window", are not the library's: see LIBRARY_OPS):
     {"op": "lock", "z", "locked": true | false}
     {"op": "segment_volume", "start", "end"}                              inclusive, None = the volume's end
     {"op": "propagate", "start", "end", "margin", "feed_mask"}            end None = both ways
+    {"op": "rules", "rules": "none" | "box" | ... }                       prompt rules from here on
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ LOG_FORMAT = "usam-interactive-log"
 ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "point": ("z", "x", "y", "label"), "box": ("z", "box"), "prompts": ("z", "prompts"), "undo": ("z",),
     "redo": ("z",), "clear": ("z",), "segment_slice": ("z",), "lock": ("z",), "segment_volume": ("start", "end"),
-    "propagate": ("start", "end")}
+    "propagate": ("start", "end"), "rules": ("rules",)}
 LIBRARY_OPS = frozenset(ACTION_KEYS)
 # the session settings a log carries (InteractiveSession's keyword arguments)
 SETTING_NAMES = ("rules", "logits_dtype", "max_points_per_slice", "max_history", "max_history_mb", "batch_size")
@@ -88,6 +89,10 @@ def apply_action(s: "InteractiveSession", a: dict[str, Any]) -> Any:
         return s.lock(a["z"], bool(a.get("locked", True)))
     if op == "segment_volume":
         return s.segment_volume(a["start"], a["end"])
+    if op == "rules":
+        if not isinstance(a["rules"], str):
+            raise PromptError("a 'rules' action needs the rules' name")
+        return s.set_rules(a["rules"])
     return s.propagate(a["start"], a["end"], margin=a.get("margin", 2.0), feed_mask=bool(a.get("feed_mask", True)))
 
 

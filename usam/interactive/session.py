@@ -70,6 +70,7 @@ class InteractiveSession:
                          "max_points_per_slice": int(max_points_per_slice), "max_history": int(max_history),
                          "max_history_mb": float(max_history_mb), "batch_size": int(batch_size)}
         self._dtype = LOGITS_DTYPES[logits_dtype]
+        self._first_rules = rules
         self._label_map = np.zeros(self.volume.array.shape, dtype=np.uint8)
         self._histories: dict[int, SliceHistory] = {}
         self.actions: list[dict[str, Any]] = []
@@ -220,6 +221,13 @@ class InteractiveSession:
             self.actions.append({"op": "clear", "z": z})
             return self.result(z)
 
+    def set_rules(self, rules: str) -> None:
+        """Prompt rules (post-processing, usam.prompt_rules) for the next prompt calls; 'none' = the network alone."""
+        with self._lock:
+            self.predictor.set_rules(rules)   # checks the name before anything changes
+            self.settings["rules"] = rules
+            self.actions.append({"op": "rules", "rules": rules})
+
     def lock(self, z: int, locked: bool = True) -> InteractiveResult:
         """Mark slice z as corrected (locked) or not (undoable); prompt calls lock a slice themselves."""
         with self._lock:
@@ -301,7 +309,9 @@ class InteractiveSession:
         """The action log with the settings replay needs (JSON-ready)."""
         from usam.interactive.log import LOG_FORMAT
 
-        return {"format": LOG_FORMAT, "version": 1, "settings": dict(self.settings),
+        # the rules the session started with: its 'rules' actions change them on the way, as when it ran
+        settings = {**self.settings, "rules": self._first_rules}
+        return {"format": LOG_FORMAT, "version": 1, "settings": settings,
                 "shape": list(self._label_map.shape), "actions": [dict(a) for a in self.actions]}
 
     @classmethod
