@@ -3,8 +3,6 @@ prompt mode, in the per-case 3D protocol (default) and the public code's global 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
 import sys
@@ -17,6 +15,8 @@ import torch
 
 from usam import data as D
 from usam.errors import UsamError
+from usam.evaluation.cases import eval_cases
+from usam.evaluation.output import emit, parse_choices, pct, write_outputs
 
 EVAL_PROMPTS = ("none", "points1", "points3", "points5", "box")
 PROTOCOLS = ("case3d", "reference")
@@ -67,11 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_prompt_modes(text: str) -> list[str]:
     """'all' or a comma list of evaluation prompt rows."""
-    modes = list(EVAL_PROMPTS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in EVAL_PROMPTS]
-    if bad or not modes:
-        raise UsamError(f"unknown prompt mode(s) {bad or text!r}; choose from {', '.join(EVAL_PROMPTS)} or all")
-    return modes
+    return parse_choices(text, EVAL_PROMPTS, "prompt mode")
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -118,17 +114,7 @@ def evaluate_case3d(cases: Iterable[D.CaseData], predict_case: CasePredictor, mo
     from usam.metrics import case_metrics
 
     per_case: dict[str, list[dict]] = {m: [] for m in modes}
-    if progress:
-        from tqdm import tqdm
-
-        cases = tqdm(cases, desc="case3d", unit="case", file=sys.stderr)
-    for case in cases:
-        if case.prewindowed:
-            raise UsamError("npz slices have no 3D cases or spacing: use --protocol reference")
-        region = D.eval_z_range(case.labels, case.info)
-        if region is None:
-            continue  # no foreground and no annotated range: nothing to evaluate
-        zs = np.arange(*region)
+    for case, zs in eval_cases(cases, "case3d", "use --protocol reference", progress):
         prompts = {m: [D.eval_prompts(case.labels[z], m) for z in zs] for m in modes}
         preds = predict_case(case, zs, prompts)
         for m in modes:
@@ -136,7 +122,7 @@ def evaluate_case3d(cases: Iterable[D.CaseData], predict_case: CasePredictor, mo
             full[zs] = preds[m]
             p_crop, g_crop = crop_to_union(full, case.labels)
             cm = case_metrics(p_crop, g_crop, case.spacing, nsd_tolerance_mm=nsd_tolerance_mm)
-            per_case[m].append({"case_id": case.case_id, "z_range": [int(region[0]), int(region[1])],
+            per_case[m].append({"case_id": case.case_id, "z_range": [int(zs[0]), int(zs[-1]) + 1],
                                 "per_class": cm["per_class"], "mean": cm["mean"]})
     rows = {m: summarize_cases(per_case[m]) for m in modes}
     return {"protocol": "case3d", "nsd_tolerance_mm": nsd_tolerance_mm,
@@ -219,10 +205,6 @@ def model_predictors(model: torch.nn.Module, window: tuple[float, float], device
 # ----------------------------------------------------------------------------- reports
 
 
-def _pct(v: float) -> str:
-    return "-" if v is None or math.isnan(v) else f"{100.0 * v:.2f}"
-
-
 def markdown_table(result: dict) -> str:
     """Paper-style table (percent): one row per protocol and prompt mode."""
     tol = result["nsd_tolerance_mm"]
@@ -233,7 +215,7 @@ def markdown_table(result: dict) -> str:
         for mode, row in res["rows"].items():
             cells = [proto, mode]
             for part in (row["per_class"][1], row["per_class"][2], row["mean"]):
-                cells += [_pct(part["dice"]), _pct(part["iou"]), _pct(part["nsd"])]
+                cells += [pct(part["dice"]), pct(part["iou"]), pct(part["nsd"])]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -265,24 +247,8 @@ def case_csv_rows(result: dict) -> list[dict]:
     return rows
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return None if math.isnan(f) else (str(f) if math.isinf(f) else f)  # JSON has no nan/inf
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def write_reports(result: dict, out_dir: str | Path, name: str = "eval") -> list[Path]:
     """NAME.md, NAME.csv, NAME_cases.csv and NAME.json in out_dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}_cases.csv", out / f"{name}.json"]
     md = [f"# Evaluation: {result['checkpoint']}", "",
           f"Data `{result['data']}`, split `{result['split']}`, {result['cases']} cases; "
           f"NSD tolerance {result['nsd_tolerance_mm']:g} mm; HU window {result['window']}; "
@@ -293,15 +259,8 @@ def write_reports(result: dict, out_dir: str | Path, name: str = "eval") -> list
           "over foreground slices (no NSD). Test prompts are derived deterministically from each "
           "ground-truth slice (points evenly spaced per class, box with 2 px margin at 224).", "",
           markdown_table(result), ""]
-    paths[0].write_text("\n".join(md))
-    for path, rows in ((paths[1], csv_rows(result)), (paths[2], case_csv_rows(result))):
-        with open(path, "w", newline="") as fh:
-            if rows:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-    paths[3].write_text(json.dumps(_jsonable(result), indent=1) + "\n")
-    return paths
+    return write_outputs(out_dir, name, {".md": "\n".join(md), ".csv": csv_rows(result),
+                                         "_cases.csv": case_csv_rows(result), ".json": result})
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -362,12 +321,4 @@ def run(args: argparse.Namespace) -> int:
         result["protocols"]["case3d"] = evaluate_case3d(source(), predict_case, modes, args.nsd_tolerance, progress)
     if "reference" in protocols:
         result["protocols"]["reference"] = evaluate_reference(source(), predict224, modes, window, progress)
-    if args.out:
-        for p in write_reports(result, args.out, args.name):
-            print(f"wrote {p}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(_jsonable(result)))
-    else:
-        print(f"NSD tolerance {args.nsd_tolerance:g} mm")
-        print(markdown_table(result))
-    return 0
+    return emit(args, result, write_reports, f"NSD tolerance {args.nsd_tolerance:g} mm\n{markdown_table(result)}")

@@ -2,26 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from usam import data as D
-from usam.evaluate import CLASS_NAMES, _jsonable
+from usam.evaluate import CLASS_NAMES
 from usam.evaluation.click_response import CLASSES, evaluate_click_response
 from usam.evaluation.interactive import parse_starts
+from usam.evaluation.output import emit, pct, write_outputs
 
 FIGURES = ("trials", "positive_trials", "positive_success", "filled", "negative_trials", "negative_success",
            "removal", "locality_mean", "locality_max", "locality_pass")
-
-
-def _pct(v: float) -> str:
-    return "-" if v is None or math.isnan(v) else f"{100.0 * v:.1f}"
 
 
 def markdown_table(res: dict) -> str:
@@ -35,9 +29,9 @@ def markdown_table(res: dict) -> str:
         for cls, p in parts:
             spc = row["seconds_per_click"]
             ms = "-" if cls != "both" or math.isnan(spc) else f"{1000 * spc:.1f}"
-            cells = [name, cls, str(p["positive_trials"]), _pct(p["positive_success"]), _pct(p["filled"]),
-                     str(p["negative_trials"]), _pct(p["negative_success"]), _pct(p["removal"]),
-                     _pct(p["locality_mean"]), _pct(p["locality_max"]), _pct(p["locality_pass"]), ms]
+            cells = [name, cls, str(p["positive_trials"]), pct(p["positive_success"], 1), pct(p["filled"], 1),
+                     str(p["negative_trials"]), pct(p["negative_success"], 1), pct(p["removal"], 1),
+                     pct(p["locality_mean"], 1), pct(p["locality_max"], 1), pct(p["locality_pass"], 1), ms]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -68,14 +62,6 @@ def trial_rows(res: dict) -> list[dict]:
     return [{"row": name, **{k: v for k, v in t.items()}} for name, trials in res["trials"].items() for t in trials]
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        if rows:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-
 def public_result(result: dict) -> dict:
     """The result without the per-trial records (they go to NAME_trials.csv)."""
     out = dict(result, protocols=dict(result["protocols"]))
@@ -85,20 +71,14 @@ def public_result(result: dict) -> dict:
 
 def write_click_reports(result: dict, out_dir: str | Path, name: str = "eval") -> list[Path]:
     """NAME.md, NAME.csv (per row and class), NAME_trials.csv (every trial), NAME.json."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     res = result["protocols"]["clicks"]
-    paths = [out / f"{name}{s}" for s in (".md", ".csv", "_trials.csv", ".json")]
     md = [f"# Click response: {result['checkpoint']}", "",
           f"Data `{result['data']}`, split `{result['split']}`, {result['cases']} cases; HU window "
           f"{result['window']}; weights: {result.get('weights_kind')}; rows without '+ rules' are the network's "
           "own output.", "", "## Protocol", "", res["definition"], "", "## Results (percent of trials)", "",
           markdown_table(res), "", *targets_lines(res), ""]
-    paths[0].write_text("\n".join(md))
-    _write_csv(paths[1], summary_rows(res))
-    _write_csv(paths[2], trial_rows(res))
-    paths[3].write_text(json.dumps(_jsonable(public_result(result)), indent=1) + "\n")
-    return paths
+    return write_outputs(out_dir, name, {".md": "\n".join(md), ".csv": summary_rows(res),
+                                         "_trials.csv": trial_rows(res), ".json": public_result(result)})
 
 
 def run_clicks(args: argparse.Namespace, model: torch.nn.Module, window: tuple[float, float],
@@ -110,11 +90,4 @@ def run_clicks(args: argparse.Namespace, model: torch.nn.Module, window: tuple[f
     feeds = (False,) if args.no_mask_prompt else (True, False)
     result["protocols"]["clicks"] = evaluate_click_response(
         cases, model, window, starts, feeds, args.batch_size, args.prompt_rules, progress=not args.no_progress)
-    if args.out:
-        for p in write_click_reports(result, args.out, args.name):
-            print(f"wrote {p}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(_jsonable(public_result(result))))
-    else:
-        print(markdown_table(result["protocols"]["clicks"]))
-    return 0
+    return emit(args, result, write_click_reports, markdown_table(result["protocols"]["clicks"]), public_result(result))

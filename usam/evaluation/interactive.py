@@ -37,6 +37,7 @@ from usam.clicks import next_clicks
 from usam.errors import UsamError
 from usam.evaluate import DEFAULT_NSD_MM, crop_to_union, summarize_cases
 from usam.evaluation.cases import eval_cases
+from usam.evaluation.output import parse_choices
 from usam.evaluation.sessions import add_click, case_session, start_slice
 from usam.interactive import InteractiveSession
 from usam.metrics import case_metrics
@@ -53,11 +54,7 @@ Trace = Callable[[dict], None]
 
 def parse_starts(text: str) -> list[str]:
     """'all' or a comma list of starts (box, none)."""
-    starts = list(STARTS) if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in starts if s not in STARTS]
-    if bad or not starts:
-        raise UsamError(f"unknown start(s) {bad or text!r}; choose from {', '.join(STARTS)} or all")
-    return starts
+    return parse_choices(text, STARTS, "start")
 
 
 def start_prompts(label2d: np.ndarray, start: str) -> SlicePrompts:

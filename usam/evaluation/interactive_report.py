@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -13,14 +10,11 @@ from xml.sax.saxutils import escape
 import torch
 
 from usam import data as D
-from usam.evaluate import CLASS_NAMES, _jsonable
+from usam.evaluate import CLASS_NAMES
 from usam.evaluation.interactive import CLASSES, evaluate_interactive, parse_starts
+from usam.evaluation.output import emit, pct, write_outputs
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-
-
-def _pct(v: float) -> str:
-    return "-" if v is None or math.isnan(v) else f"{100.0 * v:.2f}"
 
 
 def _num(v: float, digits: int = 2) -> str:
@@ -35,8 +29,8 @@ def markdown_tables(res: dict) -> str:
             f"NoC@85 (of {n}) | NoC@90 (of {n}) | ms per click |")
     lines = [head, "|" + "---|" * (k + 9)]
     for name, row in res["rows"].items():
-        cells = [name] + [_pct(v) for v in row["dice_mean_by_click"]]
-        cells += [_num(row["dsc_auc"], 3), _num(row["nsd_auc"], 3), _pct(row["final_dice"]), _pct(row["final_nsd"]),
+        cells = [name] + [pct(v) for v in row["dice_mean_by_click"]]
+        cells += [_num(row["dsc_auc"], 3), _num(row["nsd_auc"], 3), pct(row["final_dice"]), pct(row["final_nsd"]),
                   _num(row["noc85"]), _num(row["noc90"]), _num(1000.0 * row["seconds_per_click"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| start | class | " + " | ".join(f"Dice {i}" for i in range(k + 1)) + " | DSC AUC |",
@@ -44,7 +38,7 @@ def markdown_tables(res: dict) -> str:
     for name, row in res["rows"].items():
         for c in CLASSES:
             curve = row["dice_by_click_per_class"][c]
-            lines.append("| " + " | ".join([name, CLASS_NAMES[c]] + [_pct(v) for v in curve]
+            lines.append("| " + " | ".join([name, CLASS_NAMES[c]] + [pct(v) for v in curve]
                                            + [_num(row["dsc_auc_per_class"][c], 3)]) + " |")
     return "\n".join(lines)
 
@@ -127,20 +121,9 @@ def dice_svg(res: dict, title: str = "Mean Dice versus corrective clicks") -> st
     return "\n".join(parts) + "\n"
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        if rows:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-
 def write_interactive_reports(result: dict, out_dir: str | Path, name: str = "eval") -> list[Path]:
     """NAME.md, NAME.csv (per start), NAME_curve.csv, NAME_cases.csv, NAME.json, NAME_dice_by_click.svg."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     res = result["protocols"]["interactive"]
-    paths = [out / f"{name}{s}" for s in (".md", ".csv", "_curve.csv", "_cases.csv", ".json", "_dice_by_click.svg")]
     md = [f"# Interactive evaluation: {result['checkpoint']}", "",
           f"Data `{result['data']}`, split `{result['split']}`, {result['cases']} cases; NSD tolerance "
           f"{res['nsd_tolerance_mm']:g} mm; HU window {result['window']}; weights: {result.get('weights_kind')}; "
@@ -148,14 +131,10 @@ def write_interactive_reports(result: dict, out_dir: str | Path, name: str = "ev
           "'+ rules' are the network's own output.", "", "## Protocol", "", res["definition"], "",
           "## Results (percent; AUC in Dice x clicks, at most "
           f"{res['clicks'] - 1:.1f})", "", markdown_tables(res), "",
-          f"![Dice versus clicks]({paths[5].name})", ""]
-    paths[0].write_text("\n".join(md))
-    _write_csv(paths[1], summary_rows(res))
-    _write_csv(paths[2], curve_rows(res))
-    _write_csv(paths[3], case_rows(res))
-    paths[4].write_text(json.dumps(_jsonable(result), indent=1) + "\n")
-    paths[5].write_text(dice_svg(res))
-    return paths
+          f"![Dice versus clicks]({name}_dice_by_click.svg)", ""]
+    return write_outputs(out_dir, name, {".md": "\n".join(md), ".csv": summary_rows(res), "_curve.csv": curve_rows(res),
+                                         "_cases.csv": case_rows(res), ".json": result,
+                                         "_dice_by_click.svg": dice_svg(res)})
 
 
 def run_interactive(args: argparse.Namespace, model: torch.nn.Module, window: tuple[float, float],
@@ -167,12 +146,5 @@ def run_interactive(args: argparse.Namespace, model: torch.nn.Module, window: tu
     result["protocols"]["interactive"] = evaluate_interactive(
         cases, model, window, starts, args.clicks, args.noc_clicks, args.nsd_tolerance, args.batch_size,
         args.prompt_rules, feed_mask=not args.no_mask_prompt, progress=not args.no_progress)
-    if args.out:
-        for p in write_interactive_reports(result, args.out, args.name):
-            print(f"wrote {p}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(_jsonable(result)))
-    else:
-        print(f"NSD tolerance {args.nsd_tolerance:g} mm")
-        print(markdown_tables(result["protocols"]["interactive"]))
-    return 0
+    table = markdown_tables(result["protocols"]["interactive"])
+    return emit(args, result, write_interactive_reports, f"NSD tolerance {args.nsd_tolerance:g} mm\n{table}")
