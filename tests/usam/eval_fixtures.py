@@ -20,11 +20,13 @@ class StandIn(Usam):
         torch.nn.Module.__init__(self)  # no U-SAM layers: decode is the subclass's
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.masks_seen: list[bool] = []
+        self.encoded = 0  # slices run through encode
         yy, xx = torch.meshgrid(torch.arange(224.0), torch.arange(224.0), indexing="ij")
         self.grid = (xx, yy)
         self.eval()
 
     def encode(self, images: torch.Tensor, backbone=None) -> ImageFeatures:
+        self.encoded += len(images)
         return ImageFeatures((None,) * 4, images[:, :1, ::16, ::16].clone())
 
     def previous(self, mask_logits) -> torch.Tensor | None:

@@ -184,9 +184,10 @@ def test_mask_prompt_feeds_and_the_box_start():
 
 
 def test_prompt_rules_add_labelled_rows_beside_the_network_alone():
-    res = evaluate_click_response([_case()], PaintModel(), D.DEFAULT_WINDOW, starts=["none"], feeds=(True,),
+    model = PaintModel()
+    res = evaluate_click_response([_case()], model, D.DEFAULT_WINDOW, starts=["none"], feeds=(True,),
                                   prompt_rules="select")
-    assert list(res["rows"]) == ["none", "none + rules"]
+    assert list(res["rows"]) == ["none", "none + rules"] and model.encoded == 3  # each slice encoded once
     plain = evaluate_click_response([_case()], PaintModel(), D.DEFAULT_WINDOW, starts=["none"], feeds=(True,))
     assert res["rows"]["none"]["positive_success"] == plain["rows"]["none"]["positive_success"]
 

@@ -146,9 +146,10 @@ def test_without_the_mask_prompt_no_logits_come_back():
 
 
 def test_prompt_rules_add_labelled_rows_beside_the_network_alone():
-    res = evaluate_interactive([_case()], PaintModel(), D.DEFAULT_WINDOW, starts=["box"], noc_clicks=5,
-                               prompt_rules="box")
-    assert list(res["rows"]) == ["box", "box + rules"] and res["prompt_rules"] == "box"
+    model = PaintModel()
+    res = evaluate_interactive([_case()], model, D.DEFAULT_WINDOW, noc_clicks=5, prompt_rules="box")
+    assert list(res["rows"]) == ["box", "none", "box + rules", "none + rules"] and res["prompt_rules"] == "box"
+    assert model.encoded == 5  # each slice encoded once for every start and row
     plain = evaluate_interactive([_case()], PaintModel(), D.DEFAULT_WINDOW, starts=["box"], noc_clicks=5)
     assert plain["rows"]["box"]["dice_mean_by_click"] == res["rows"]["box"]["dice_mean_by_click"]
 

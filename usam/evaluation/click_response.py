@@ -210,9 +210,9 @@ def evaluate_click_response(cases: Iterable[D.CaseData], model: torch.nn.Module,
     n_cases = 0
     for case, zs in eval_cases(cases, "clicks", "the click protocol needs volumes", progress):
         n_cases += 1
-        session = None
-        for with_rules, rules in rule_sets:  # a '+ rules' session shares the network-alone one's features
-            session = case_session(model, case, zs, window, rules, batch_size, features_of=session)
+        session = case_session(model, case, zs, window, batch_size)
+        for with_rules, rules in rule_sets:
+            session.set_rules(rules)  # every start begins afresh on each slice: nothing of the last row carries over
             for s in starts:
                 res = run_case(session, case, zs, s, feeds, min_model_px, far_mm)
                 for f in feeds:

@@ -181,13 +181,11 @@ def evaluate_interactive(cases: Iterable[D.CaseData], model: torch.nn.Module, wi
     per_case: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     needs = "the interactive protocol needs volumes"
     for case, zs in eval_cases(cases, "interactive", needs, progress):
-        sessions: dict[str, InteractiveSession] = {}
+        session = case_session(model, case, zs, window, batch_size, noc_clicks + 2)
         for name, start, rules in variants:
-            if rules not in sessions:  # the network alone first; a '+ rules' session shares its features
-                sessions[rules] = case_session(model, case, zs, window, rules, batch_size, noc_clicks + 2,
-                                               features_of=next(iter(sessions.values()), None))
-            per_case[name].append(run_case(sessions[rules], case, zs, start, clicks, noc_clicks, nsd_tolerance_mm,
-                                           feed_mask, trace))
+            session.set_rules(rules)  # every start begins afresh on each slice: nothing of the last row carries over
+            per_case[name].append(run_case(session, case, zs, start, clicks, noc_clicks, nsd_tolerance_mm, feed_mask,
+                                           trace))
     return {"protocol": "interactive", "nsd_tolerance_mm": float(nsd_tolerance_mm), "clicks": clicks,
             "noc_max_clicks": noc_clicks, "noc_thresholds": dict(NOC_THRESHOLDS), "mask_prompt": feed_mask,
             "prompt_rules": prompt_rules,

@@ -4,7 +4,7 @@
 study's AI arms: a start is add_prompts(z, box, use_mask=False) or segment(z), a corrective click
 is add_point (the slice's previous logits come back as the mask prompt) or, without the mask
 prompt, add_prompts(z, click, use_mask=False). Each slice is encoded once per case (the session's
-feature cache holds the whole case; a '+ rules' session shares it).
+feature cache holds the whole case; '+ rules' rows switch the same session's rules with set_rules).
 """
 from __future__ import annotations
 
@@ -24,18 +24,15 @@ HISTORY = dict(max_history=1, max_history_mb=2.0**20)
 
 
 def case_session(model: torch.nn.Module, case: D.CaseData, zs: np.ndarray, window: tuple[float, float],
-                 rules: str = "none", batch_size: int = 8, max_points: int = 64,
-                 features_of: InteractiveSession | None = None) -> InteractiveSession:
+                 batch_size: int = 8, max_points: int = 64) -> InteractiveSession:
     """A session on the case's volume with the slices zs encoded (in batches of batch_size, once).
 
     Logits are kept in float32 so that what comes back as the mask prompt is the decoder's output
-    itself; `features_of`: another session of the same case whose cached features this one uses."""
+    itself; prompt rules are off (set_rules names them)."""
     meta = {"preprocessing": {"window": [float(w) for w in window]}}
-    session = InteractiveSession(model, case.image, meta, rules=rules, cache_bytes=CASE_CACHE_BYTES,
+    session = InteractiveSession(model, case.image, meta, cache_bytes=CASE_CACHE_BYTES,
                                  logits_dtype="float32", max_points_per_slice=max(64, int(max_points)),
                                  batch_size=batch_size, **HISTORY)
-    if features_of is not None:
-        session.predictor.cache = features_of.predictor.cache
     for b in range(0, len(zs), batch_size):
         session.predictor.features([int(z) for z in zs[b:b + batch_size]])
     return session
