@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="constrain the output to what prompts state (usam/prompt_rules.py): box = foreground "
                         "inside the box, gate = only the classes clicked, select = only the regions clicked; "
                         "a comma list, all, or none (default %(default)s)")
-    p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_MM, help="NSD tolerance in mm (default %(default)s)")
+    p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_MM,
+                   help="NSD tolerance in mm (default %(default)s)")
     p.add_argument("--window", nargs=2, type=float, default=None, metavar=("LO", "HI"),
                    help="HU window (default: the checkpoint's preprocessing.window)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="npz layout: share of train/ that is val")
