@@ -88,10 +88,11 @@ class _Pred:
 
 def test_model_variant_rows(tmp_path, tiny_cohort):
     from study.model_runs import run_model_variants
+    from tests.fakes import FakeSession
     from .conftest import END, START, make_study, tiny_labels
 
     svc, admin, code, sid = make_study(tmp_path, tiny_cohort)
-    n = run_model_variants(svc.db, sid, _Pred, cache=svc.cache)
+    n = run_model_variants(svc.db, sid, lambda volume: FakeSession(_Pred(volume)), cache=svc.cache)
     assert n == 18
     rows = {r["row"]: r for r in svc.report(admin).rows}
     # independent: per case, Dice of the wall class of (foreground -> 1) vs the ground truth
