@@ -1,7 +1,6 @@
 """The corrective click simulator (usam/clicks.py): where the clicks land, their kind and class."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -112,7 +111,7 @@ def test_click_prompts_and_bad_input():
         next_click(np.zeros((4, 4)), np.zeros((4, 4)), classes=(0,))
 
 
-def test_eight_slices_at_224_are_fast():
+def test_eight_speckled_slices_at_224_get_one_click_each_as_alone():
     rng = np.random.default_rng(1)
     gts = np.zeros((8, 224, 224), np.uint8)
     for b in range(8):
@@ -120,10 +119,6 @@ def test_eight_slices_at_224_are_fast():
         gts[b][_disk((224, 224), 115, 105 + b, 8)] = 2
     preds = np.roll(gts, 5, axis=2)
     preds[rng.random(preds.shape) < 0.01] = 1  # speckle: many small components
-    next_clicks(preds, gts)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        clicks = next_clicks(preds, gts)
-    ms = (time.perf_counter() - t0) / 5 * 1000
+    clicks = next_clicks(preds, gts)  # its speed (~3 ms, ~16 ms speckled, for 8 slices) is measured, not tested
     assert all(c is not None for c in clicks)
-    assert ms < 200, ms  # measured ~ a few ms on one core; generous for a loaded machine
+    assert clicks == [next_click(preds[b], gts[b]) for b in range(8)]
