@@ -2,25 +2,25 @@
 not check itself: numbers of the page's own controls, upload names (slices, pixels, classes: usam.interactive)."""
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
 
 from usam.errors import PromptError
+from usam.interactive import checks
 
 
 def as_number(v: Any, what: str) -> float:
-    """A finite number from a UI / API value; a clear PromptError otherwise (nothing is changed)."""
-    if v is None or isinstance(v, (list, tuple, dict)):
-        raise PromptError(f"{what} must be a number")
-    try:
-        f = float(v)
-    except (TypeError, ValueError, OverflowError):
-        raise PromptError(f"{what} must be a number, not {str(v)[:20]!r}") from None
-    if not math.isfinite(f):
-        raise PromptError(f"{what} must be a finite number")
-    return f
+    """A finite number from a UI / API value; a clear PromptError otherwise (nothing is changed).
+
+    The page's text fields send numbers as text, which the library's own check refuses: text is parsed
+    here, everything else is usam.interactive.checks.number's."""
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise PromptError(f"{what} must be a number, not {v[:20]!r}") from None
+    return checks.number(v, what)
 
 
 _NAME_CHARS = re.compile(r"[^\w .()+\-]+", re.UNICODE)

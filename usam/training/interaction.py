@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from usam.clicks import Click, next_clicks
+from usam.clicks import Click, clicks_to_arrays, next_clicks
 from usam.errors import UsamError
 from usam.prompts import Prompts
 
@@ -27,8 +27,8 @@ def draw_rounds(max_rounds: int, seed: int, step: int) -> int:
 
 def click_prompt(click: Click) -> Prompts:
     """One click at 224 as model-frame Prompts (training works on 224 labels: slice pixels = model frame)."""
-    return Prompts(np.array([[click.x, click.y]], np.float32), np.array([1 if click.positive else 0], np.int64),
-                   np.array([click.cls], np.int64), np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+    points, labels, classes = clicks_to_arrays([click])
+    return Prompts(points=points, point_labels=labels, point_classes=classes)
 
 
 def add_clicks(prompts: list[Prompts], logits: torch.Tensor, labels: np.ndarray) -> tuple[list[Prompts], int]:
