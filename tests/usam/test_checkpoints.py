@@ -13,6 +13,9 @@ from usam.errors import CheckpointError
 from usam.model import build_usam, extension_keys, get_config
 from usam.prompts import Prompts
 
+CLICK_KEYS = [f"sam.mask_decoder.click_encoder.{k}.{w}" for k in ("at112.0", "at112.2", "at112.4", "at224")
+              for w in ("weight", "bias")]
+
 REF_JSON = Path("/work/shared/reference/usam_b_reference_state_dict_shapes.json")
 
 
@@ -72,7 +75,7 @@ def test_reference_layout_round_trip(tmp_path):
     report = meta["load_report"]
     assert sorted(report["loaded"]) == sorted(ref) and report["skipped"] == {}
     branch = [f"sam.prompt_encoder.mask_class_downscaling.{i}.{w}" for i in (0, 1, 3, 4, 6) for w in ("weight", "bias")]
-    assert report["left_at_init"] == ["sam.prompt_encoder.class_embeddings.weight"] + branch == extension_keys(back)
+    assert report["left_at_init"] == ["sam.prompt_encoder.class_embeddings.weight"] + branch + CLICK_KEYS == extension_keys(back)
     assert meta["weights_kind"] == "reference" and meta["provenance"]["epoch"] == 7
     with torch.no_grad():
         x = _x()

@@ -27,7 +27,7 @@ def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
                 m.bias.copy_(0.4 * torch.rand(m.num_features, generator=g) - 0.2)
         for name, p in model.named_parameters():
-            if "rel_pos" in name or "lora_b" in name or "class_embeddings" in name:
+            if "rel_pos" in name or "lora_b" in name or "class_embeddings" in name or "click_encoder" in name:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
         model.sam.mask_decoder.final_output[3].weight.mul_(30.0)  # logits of order 1-10
     return model

@@ -9,6 +9,9 @@ from usam.model import UsamConfig, build_usam, extension_keys, get_config, used_
 from usam.model.lora import LoraQkv
 from usam.prompts import Prompts
 
+CLICK_KEYS = [f"sam.mask_decoder.click_encoder.{k}.{w}" for k in ("at112.0", "at112.2", "at112.4", "at224")
+              for w in ("weight", "bias")]
+
 REF_JSON = Path("/work/shared/reference/usam_b_reference_state_dict_shapes.json")
 if not REF_JSON.is_file():  # a copy may live beside the tests in CI
     REF_JSON = Path(__file__).parent / "data" / "usam_b_reference_state_dict_shapes.json"
@@ -32,7 +35,7 @@ def test_vit_b_state_dict_equals_reference_layout():
     sd = model.state_dict()
     extras = extension_keys(model)
     branch = [f"sam.prompt_encoder.mask_class_downscaling.{i}.{w}" for i in (0, 1, 3, 4, 6) for w in ("weight", "bias")]
-    assert extras == ["sam.prompt_encoder.class_embeddings.weight"] + branch
+    assert extras == ["sam.prompt_encoder.class_embeddings.weight"] + branch + CLICK_KEYS
     assert set(sd) - set(extras) == set(ref)
     assert {k: list(v.shape) for k, v in sd.items() if k in ref} == ref
     # the exact reference U-SAM-B holds 104,155,791 parameters (buffers excluded)
@@ -153,7 +156,8 @@ def test_lora_tunable_count_vit_b():
     lora = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     assert lora == 12 * 4 * 4 * 768  # q and v, A and B, rank 4, 12 blocks
     # everything but the ViT (patch_embed, pos_embed, blocks, neck) plus LoRA: paper 17.68 M
-    assert model.tunable_parameters() == 17_679_503 + 4_700  # + the class-aware mask branch (zero-init, trainable)
+    # + the class-aware mask branch (4,700) and the click encoder (3,440), both zero-init and trainable
+    assert model.tunable_parameters() == 17_679_503 + 4_700 + 3_440
     assert abs(model.tunable_parameters() / 1e6 - 17.68) / 17.68 < 0.005
     assert all(isinstance(b.attn.qkv, LoraQkv) for b in model.sam.image_encoder.blocks)
 

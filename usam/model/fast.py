@@ -299,10 +299,11 @@ class FastUsam(nn.Module):
         return ImageFeatures(parts, feats.embedding, skip_parts=True)
 
     def mask_decoder(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                     dense: torch.Tensor, parts: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+                     dense: torch.Tensor, parts: tuple[torch.Tensor | None, ...],
+                     clicks: torch.Tensor | None = None) -> torch.Tensor:
         """UsamMaskDecoder.run with the derived parts (its call signature, for Usam.decode)."""
         return self.model.sam.mask_decoder.run(image_embeddings, image_pe, sparse, dense, parts, tuple(self.ups),
-                                               self.hypernetworks, self.head)
+                                               self.hypernetworks, self.head, clicks)
 
     @torch.inference_mode()
     def decode(self, features: ImageFeatures, prompts: list[Prompts | None] | None = None,

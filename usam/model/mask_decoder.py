@@ -8,6 +8,7 @@ from segment_anything.modeling import TwoWayTransformer
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
+from usam.model.click_encoder import ClickEncoder
 from usam.model.up_block import UpBlock
 
 
@@ -28,6 +29,7 @@ class UsamMaskDecoder(nn.Module):
     mask tokens into 32 maps @112; up1 brings them to 224 with f0; final_output gives logits.
     lowres_output and iou_prediction_head exist in the reference but feed no loss ("dead
     heads"); they run only when `run_dead_heads` is set (for the paper's FLOP count).
+    `click_encoder` (our extension, zero-initialised) adds the click maps at 112^2 and 224^2.
     """
 
     def __init__(self, transformer_dim: int, depth: int, num_heads: int, mlp_dim: int,
@@ -51,6 +53,7 @@ class UsamMaskDecoder(nn.Module):
         self.up3 = UpBlock(c4, s2, c3)
         self.up2 = UpBlock(c3, s1, c2)
         self.up1 = UpBlock(num_mask_tokens, s0, c1)
+        self.click_encoder = ClickEncoder(num_classes, c112=c2, c224=c1)
         self.run_dead_heads = False
 
     # up block k consumes skip f_k (None where unused): the decoder's skip wiring, written here only
@@ -66,8 +69,11 @@ class UsamMaskDecoder(nn.Module):
 
     def run(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
             skips: tuple[torch.Tensor | None, ...], ups: tuple[Callable, ...], hypernetworks: Callable,
-            head: Callable) -> torch.Tensor:
+            head: Callable, clicks: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's data flow, written once: two-way transformer, up4..up2, mask tokens x maps, up1, head.
+
+        `clicks`: the prompts' click maps (B, K, 224, 224) (usam.model.click_encoder) or None; their
+        features are added to the 112^2 maps before the mask product and to up1's output.
 
         `ups[k](x, skips[k])`, `hypernetworks(tokens)` and `head(x)` are this module's own parts
         (forward) or an inference decoder's derived ones (usam.model.fast), whose `skips` then
@@ -83,17 +89,23 @@ class UsamMaskDecoder(nn.Module):
         x = src.transpose(1, 2).reshape(b, c, h, w)
         for k in (3, 2, 1):
             x = ups[k](x, skips[k])
+        at224 = None
+        if clicks is not None:
+            at112, at224 = self.click_encoder(clicks, dtype=x.dtype)
+            x = x + at112
         masks = mask_product(hypernetworks(hs[:, 1:1 + self.num_mask_tokens, :]), x)
         if self.run_dead_heads:
             self.lowres_output(masks)
             self.iou_prediction_head(hs[:, 0, :])
-        return head(ups[0](masks, skips[0]))
+        y = ups[0](masks, skips[0])
+        return head(y if at224 is None else y + at224)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
-        """One prompt set per image: embeddings (B, C, h, w), sparse (B, N, C) -> logits (B, K, 224, 224)."""
+                dense: torch.Tensor, skips: tuple[torch.Tensor | None, ...],
+                clicks: torch.Tensor | None = None) -> torch.Tensor:
+        """One prompt set per image: embeddings (B, C, h, w), sparse (B, N, C) [+ click maps] -> logits (B, K, 224, 224)."""
         return self.run(image_embeddings, image_pe, sparse, dense, skips, self.up_blocks(), self.hypernetworks,
-                        self.final_output)
+                        self.final_output, clicks)
 
 
 def mask_product(hyper_in: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 
 from usam.errors import PromptError, UsamError
 from usam.model.adapter import DownsamplingAdapter
+from usam.model.click_encoder import click_maps
 from usam.model.config import UsamConfig
 from usam.model.features import ImageFeatures
 from usam.model.image_encoder import UsamImageEncoder
@@ -20,7 +21,8 @@ from usam.model.sam_parts import SamParts
 from usam.prompts import Prompts
 
 
-EXTENSION_PREFIXES = ("sam.prompt_encoder.class_embeddings.", "sam.prompt_encoder.mask_class_downscaling.")
+EXTENSION_PREFIXES = ("sam.prompt_encoder.class_embeddings.", "sam.prompt_encoder.mask_class_downscaling.",
+                      "sam.mask_decoder.click_encoder.")
 
 
 def used_skips(skips: int) -> tuple[bool, bool, bool, bool]:
@@ -104,7 +106,8 @@ class Usam(nn.Module):
         (num_classes, H, W) or None (no previous mask: SAM's no_mask_embed, as without masks).
         Items with the same (points, boxes) counts and the same has-a-mask are decoded as one
         batch; other groups are decoded one by one, which gives exactly the logits of decoding
-        each item alone (padding with "not a point" tokens would change them). `mask_decoder`
+        each item alone (padding with "not a point" tokens would change them). Points also reach
+        the decoder as click maps (usam.model.click_encoder). `mask_decoder`
         replaces sam.mask_decoder (same call signature): the inference decoder of
         usam.model.fast passes itself, so prompts reach both decoders through this one method.
         """
@@ -133,9 +136,14 @@ class Usam(nn.Module):
             if key[2]:
                 t["mask_logits"] = (mask_logits if isinstance(mask_logits, torch.Tensor) and len(groups) == 1
                                     else torch.stack([masks[i] for i in idx]))
+            clicks = None
+            if t["points"] is not None:
+                size = self.config.image_size
+                clicks = click_maps(t["points"], t["point_labels"], t["point_classes"], self.config.num_classes,
+                                    (size, size))
             sparse, dense = pe.encode(len(idx), **t)
             sparse = sparse.to(feats.embedding.dtype)
-            outs.append(mask_decoder(feats.embedding, image_pe, sparse, dense, feats.skips))
+            outs.append(mask_decoder(feats.embedding, image_pe, sparse, dense, feats.skips, clicks=clicks))
             order += idx
         if len(outs) == 1:
             return outs[0]
@@ -174,5 +182,5 @@ def build_usam(config: UsamConfig) -> Usam:
 
 def extension_keys(model: Usam) -> list[str]:
     """State-dict keys our extensions add to the reference layout (class embeddings, the class-aware mask
-    branch, LoRA): initialised, not errors, where a checkpoint lacks them."""
+    branch, the click encoder, LoRA): initialised, not errors, where a checkpoint lacks them."""
     return [k for k in model.state_dict() if k.startswith(EXTENSION_PREFIXES) or LORA_KEY_MARK in k]
