@@ -15,9 +15,10 @@ def test_usam_b_counts_match_paper():
     c = count_usam("vit_b")
     assert _close(c.params_m, 103.36) and _close(c.gflops, 25.07)
     assert round(c.params_m, 2) == 103.36 and round(c.gflops, 2) == 25.07
-    # + our zero-init class embeddings and the class-aware mask branch (SAM's mask_downscaling, 2 inputs)
+    # + our zero-init class embeddings, the click encoder and the class-aware mask branch (SAM's mask_downscaling, 2 inputs)
     branch = (2 * 4 * 4 + 4) + 8 + (4 * 16 * 4 + 16) + 32 + (16 * 256 + 256)
-    assert c.state_dict_params == 104_155_791 + 3 * 256 + branch
+    clicks = (3 * 16 * 9 + 16) + (16 * 16 * 9 + 16) + (16 * 32 + 32) + (3 * 32 + 32)  # the click encoder
+    assert c.state_dict_params == 104_155_791 + 3 * 256 + branch + clicks
 
 
 def test_usam_b_lora_counts_match_paper():

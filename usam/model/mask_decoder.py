@@ -53,7 +53,9 @@ class UsamMaskDecoder(nn.Module):
         self.up3 = UpBlock(c4, s2, c3)
         self.up2 = UpBlock(c3, s1, c2)
         self.up1 = UpBlock(num_mask_tokens, s0, c1)
-        self.click_encoder = ClickEncoder(num_classes, c112=c2, c224=c1)
+        # built on a forked RNG: every module created after it gets the random init it got before
+        with torch.random.fork_rng(devices=[]):
+            self.click_encoder = ClickEncoder(num_classes, c112=c2, c224=c1)
         self.run_dead_heads = False
 
     # up block k consumes skip f_k (None where unused): the decoder's skip wiring, written here only
